@@ -1,0 +1,374 @@
+"""Typed task config: defaults < YAML file (`--config`) < command-line flags.
+
+One frozen dataclass per section, validated in `__post_init__`; the YAML mirrors the fields one to one:
+
+```yaml
+classes:                       # a bare string is both the label id and the text the teacher is asked to say
+  - active
+  - {name: error, text: red warning light}
+question: what is the state of the machine?
+sampling: {fps: 1.0, dedup: true}
+teacher: {backend: paligemma, batch_size: 8}
+student: {model: mobilenetv3_small_100, image_size: 224}
+```
+
+Example:
+    >>> cfg = load_config(overrides={"classes": ["cat", "dog"], "sampling.fps": 2})
+    >>> cfg.sampling.fps, cfg.class_names
+    (2.0, ('cat', 'dog'))
+
+This module does not read videos or models; it only describes what the stages should do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distill.errors import ConfigError
+
+DEFAULT_TEACHER_MODEL = "google/paligemma2-3b-mix-224"
+DEFAULT_QUESTION = "which of these best describes the image: {choices}?"
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """One class: `name` is the label id, `text` is what the teacher is asked to say."""
+
+    name: str
+    text: str
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name.strip()), "a class has an empty name; give every class a non-empty name")
+        _check(bool(self.text.strip()), f"class {self.name!r} has an empty text; remove `text` or fill it in")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Which frames of a video are kept (see `distill.video.sample_frames`)."""
+
+    fps: float = 1.0  # frames per second of media time
+    max_frames_per_video: int | None = None
+    start_s: float = 0.0
+    end_s: float | None = None
+    dedup: bool = True  # skip frames nearly identical to the last kept one
+    dedup_threshold: float = 0.02  # mean abs difference of 32x32 grey thumbnails, in [0, 1]
+    image_size: int = 320  # short side of stored JPEGs (label sets, `distill sample`); 0 keeps the original
+
+    def __post_init__(self) -> None:
+        _check(math.isfinite(self.fps) and self.fps > 0, f"fps must be > 0 (got {self.fps}); try --fps 1")
+        _check(
+            self.max_frames_per_video is None or self.max_frames_per_video > 0,
+            "max_frames_per_video must be a positive integer or null",
+        )
+        _check(self.start_s >= 0, f"start_s must be >= 0 (got {self.start_s})")
+        _check(
+            self.end_s is None or self.end_s > self.start_s,
+            f"end_s ({self.end_s}) must be greater than start_s ({self.start_s})",
+        )
+        _check(0 <= self.dedup_threshold < 1, "dedup_threshold must be in [0, 1); 0.02 suits most cameras")
+        _check(self.image_size >= 0, "image_size must be >= 0 (0 keeps frames at their original size)")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The vision-language model (or annotations file) that labels frames."""
+
+    backend: str = "paligemma"  # paligemma | annotations
+    model: str = DEFAULT_TEACHER_MODEL  # hub id or local folder
+    mode: str = "constrained"  # constrained | generate
+    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float16 | float32
+    device: str = "auto"
+    batch_size: int = 8
+    max_new_tokens: int = 10  # generate mode only
+    local_files_only: bool = False
+    annotations: str | None = None  # CSV of segments, annotations backend only
+
+    def __post_init__(self) -> None:
+        _check(self.backend in {"paligemma", "annotations"}, _choice_msg("teacher backend", self.backend, "paligemma", "annotations"))
+        _check(self.mode in {"constrained", "generate"}, _choice_msg("teacher mode", self.mode, "constrained", "generate"))
+        _check(
+            self.dtype in {"auto", "bfloat16", "float16", "float32"},
+            _choice_msg("teacher dtype", self.dtype, "auto", "bfloat16", "float16", "float32"),
+        )
+        _check(self.batch_size > 0, f"teacher batch_size must be > 0 (got {self.batch_size})")
+        _check(self.max_new_tokens > 0, f"max_new_tokens must be > 0 (got {self.max_new_tokens})")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """The small timm classifier trained on the teacher's labels."""
+
+    model: str = "mobilenetv3_small_100"  # any timm model name
+    image_size: int = 224
+    pretrained: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.image_size >= 32, f"student image_size must be >= 32 (got {self.image_size})")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the student is trained."""
+
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    soft: bool = True  # train on the teacher's distributions when the label set has them
+    temperature: float = 1.0
+    mixup: float = 0.2  # mixup alpha (0 turns it off); used with soft targets
+    val_fraction: float = 0.2
+    patience: int = 5  # early stopping, in epochs without a better val agreement
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, f"epochs must be > 0 (got {self.epochs})")
+        _check(self.batch_size > 0, f"batch_size must be > 0 (got {self.batch_size})")
+        _check(self.lr > 0, f"lr must be > 0 (got {self.lr})")
+        _check(self.temperature > 0, f"temperature must be > 0 (got {self.temperature})")
+        _check(self.mixup >= 0, f"mixup must be >= 0 (got {self.mixup})")
+        _check(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1) (got {self.val_fraction})")
+        _check(self.patience > 0, f"patience must be > 0 (got {self.patience})")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The real-time loop: smoothing and teacher fallback."""
+
+    smoothing: str = "ema"  # ema | vote
+    ema_alpha: float = 0.3  # weight of the newest frame
+    window: int = 5  # frames, for majority vote
+    hysteresis: float = 0.1  # a new label must beat the shown one by this margin
+    fallback_threshold: float = 0.0  # ask the teacher when smoothed confidence is below this (0: never)
+    fallback_max_per_second: float = 1.0
+    teacher_hold_s: float = 2.0  # how long a teacher answer overrides the student
+
+    def __post_init__(self) -> None:
+        _check(self.smoothing in {"ema", "vote"}, _choice_msg("smoothing", self.smoothing, "ema", "vote"))
+        _check(0 < self.ema_alpha <= 1, f"ema_alpha must be in (0, 1] (got {self.ema_alpha})")
+        _check(self.window > 0, f"window must be > 0 (got {self.window})")
+        _check(0 <= self.hysteresis < 1, f"hysteresis must be in [0, 1) (got {self.hysteresis})")
+        _check(0 <= self.fallback_threshold <= 1, f"fallback_threshold must be in [0, 1] (got {self.fallback_threshold})")
+        _check(self.fallback_max_per_second > 0, "fallback_max_per_second must be > 0")
+        _check(self.teacher_hold_s >= 0, "teacher_hold_s must be >= 0")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Everything a run needs to know about the task. `classes` may be empty until a command needs them."""
+
+    classes: tuple[ClassSpec, ...] = ()
+    question: str = DEFAULT_QUESTION
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.question.strip()), "question is empty; give the teacher a question (--question)")
+        names = [c.name for c in self.classes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        _check(not dupes, f"duplicate class names: {', '.join(dupes)}; every class needs its own name")
+        texts = [c.text.strip().lower() for c in self.classes]
+        dupes = sorted({t for t in texts if texts.count(t) > 1})
+        if dupes:
+            raise ConfigError(f"two classes share the text {dupes[0]!r}; give each class its own text")
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.classes)
+
+    def require_classes(self) -> TaskConfig:
+        """Return self, or raise if fewer than two classes are set (commands that label need them)."""
+        _check(
+            len(self.classes) >= 2,
+            f"need at least two classes (got {len(self.classes)}); pass --classes a,b or a --config with `classes:`",
+        )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["classes"] = [c if c["name"] != c["text"] else c["name"] for c in data["classes"]]
+        return data
+
+
+_SECTIONS: dict[str, type] = {
+    "sampling": SamplingConfig,
+    "teacher": TeacherConfig,
+    "student": StudentConfig,
+    "train": TrainConfig,
+    "serve": ServeConfig,
+}
+
+
+def _choice_msg(what: str, value: object, *choices: str) -> str:
+    return f"unknown {what} {value!r}; choose one of: {', '.join(choices)}"
+
+
+def _unknown_key(key: str, known: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+    return ConfigError(f"unknown key {key!r} in {where}{hint}")
+
+
+def parse_classes(value: Any) -> tuple[ClassSpec, ...]:
+    """Parse classes from a YAML list, a comma-separated string, or `ClassSpec`s.
+
+    Each item is a bare string (name and text), a `{name, text}` mapping, or a one-key `{name: text}` mapping.
+    """
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError("classes must be a list (YAML) or a comma-separated string (--classes a,b,c)")
+    specs = []
+    for item in value:
+        if isinstance(item, ClassSpec):
+            specs.append(item)
+        elif isinstance(item, str):
+            specs.append(ClassSpec(item.strip(), item.strip()))
+        elif isinstance(item, Mapping) and "name" in item:
+            extra = set(item) - {"name", "text"}
+            if extra:
+                raise _unknown_key(sorted(extra)[0], ["name", "text"], f"class {item['name']!r}")
+            name = str(item["name"]).strip()
+            specs.append(ClassSpec(name, str(item.get("text") or name).strip()))
+        elif isinstance(item, Mapping) and len(item) == 1:
+            (name, text), = item.items()
+            specs.append(ClassSpec(str(name).strip(), str(text).strip()))
+        else:
+            raise ConfigError(f"cannot read class {item!r}; write a name, or {{name: ..., text: ...}}")
+    if len(specs) < 2:
+        raise ConfigError(f"need at least two classes (got {len(specs)}); a classifier chooses between classes")
+    return tuple(specs)
+
+
+def _build_section(cls: type, values: Any, where: str) -> Any:
+    if values is None:
+        return cls()
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where} must be a mapping of keys to values (got {type(values).__name__})")
+    known = [f.name for f in fields(cls)]
+    for key in values:
+        if key not in known:
+            raise _unknown_key(str(key), known, where)
+    try:
+        return cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid value in {where}: {exc}") from None
+
+
+def _coerce(cls: type, key: str, value: Any) -> Any:
+    """Convert YAML/CLI values to the field's type: '2' -> 2.0 for a float field, 'true' -> True, ..."""
+    default = next(f for f in fields(cls) if f.name == key).default
+    if value is None or default is dataclasses.MISSING:
+        return value
+    kind = type(default) if default is not None else None
+    if kind is bool and not isinstance(value, bool):
+        text = str(value).strip().lower()
+        if text not in {"true", "false", "yes", "no", "1", "0", "on", "off"}:
+            raise ValueError(f"{key} must be true or false (got {value!r})")
+        return text in {"true", "yes", "1", "on"}
+    if kind in (int, float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a number (got {value!r})") from None
+        if kind is int and not number.is_integer():
+            raise ValueError(f"{key} must be a whole number (got {value!r})")
+        return kind(number)
+    if key in _OPTIONAL_NUMBERS:
+        return _OPTIONAL_NUMBERS[key](value)
+    return value
+
+
+_OPTIONAL_NUMBERS = {"max_frames_per_video": int, "end_s": float}  # fields whose default is None
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        data[head] = value
+        return
+    section = data.setdefault(head, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{head} must be a mapping")
+    section[rest] = value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a task YAML file into a plain dict, with one-line errors."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; check the --config path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}; fix the syntax there") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping (keys like classes:, sampling:)")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TaskConfig:
+    """Resolve the task config: defaults < YAML file at `path` < `overrides`.
+
+    Args:
+        path: a task YAML file, or None for defaults only.
+        overrides: flag values keyed by dotted name (`"sampling.fps"`, `"classes"`); None values are ignored,
+            so unset CLI flags never override the file.
+
+    Raises:
+        ConfigError: one line naming the bad key or value and the fix.
+    """
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    data = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, dotted, value)
+    return config_from_dict(data, where=str(path) if path else "config")
+
+
+def config_from_dict(data: Mapping[str, Any], where: str = "config") -> TaskConfig:
+    """Build a validated `TaskConfig` from a plain dict (as read from YAML or a manifest)."""
+    known = [f.name for f in fields(TaskConfig)]
+    for key in data:
+        if key not in known:
+            raise _unknown_key(str(key), known, where)
+    kwargs: dict[str, Any] = {}
+    if data.get("classes") is not None:
+        kwargs["classes"] = parse_classes(data["classes"])
+    if data.get("question") is not None:
+        kwargs["question"] = str(data["question"])
+    for name, cls in _SECTIONS.items():
+        kwargs[name] = _build_section(cls, data.get(name), f"{where}: {name}")
+    return TaskConfig(**kwargs)
+
+
+def save_config(cfg: TaskConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML next to a run's outputs, so the run can be repeated."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    return path
