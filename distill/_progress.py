@@ -47,7 +47,9 @@ class ProgressBar:
 
 
 @contextmanager
-def progress_bar(description: str, total: float | None = None, unit: str = "frames", enabled: bool = True) -> Iterator[ProgressBar]:
+def progress_bar(
+    description: str, total: float | None = None, unit: str = "frames", enabled: bool = True
+) -> Iterator[ProgressBar]:
     """A progress bar with count, rate and ETA on stderr; yields a `ProgressBar`.
 
     Example:

@@ -112,7 +112,8 @@ def sample(
     start: Annotated[float | None, typer.Option("--start", help="Skip the first S seconds of every video.")] = None,
     end: Annotated[float | None, typer.Option("--end", help="Stop at S seconds into every video.")] = None,
     image_size: Annotated[
-        int | None, typer.Option("--image-size", help="Short side of saved JPEGs in pixels, 0 = original [default: 320].")
+        int | None,
+        typer.Option("--image-size", help="Short side of saved JPEGs in pixels, 0 = original [default: 320]."),
     ] = None,
 ) -> None:
     """Preview sampling: write the frames a labelling run would see (DIR/index.csv + JPEGs)."""

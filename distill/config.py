@@ -97,8 +97,13 @@ class TeacherConfig:
     annotations: str | None = None  # CSV of segments, annotations backend only
 
     def __post_init__(self) -> None:
-        _check(self.backend in {"paligemma", "annotations"}, _choice_msg("teacher backend", self.backend, "paligemma", "annotations"))
-        _check(self.mode in {"constrained", "generate"}, _choice_msg("teacher mode", self.mode, "constrained", "generate"))
+        _check(
+            self.backend in {"paligemma", "annotations"},
+            _choice_msg("teacher backend", self.backend, "paligemma", "annotations"),
+        )
+        _check(
+            self.mode in {"constrained", "generate"}, _choice_msg("teacher mode", self.mode, "constrained", "generate")
+        )
         _check(
             self.dtype in {"auto", "bfloat16", "float16", "float32"},
             _choice_msg("teacher dtype", self.dtype, "auto", "bfloat16", "float16", "float32"),
@@ -161,7 +166,9 @@ class ServeConfig:
         _check(0 < self.ema_alpha <= 1, f"ema_alpha must be in (0, 1] (got {self.ema_alpha})")
         _check(self.window > 0, f"window must be > 0 (got {self.window})")
         _check(0 <= self.hysteresis < 1, f"hysteresis must be in [0, 1) (got {self.hysteresis})")
-        _check(0 <= self.fallback_threshold <= 1, f"fallback_threshold must be in [0, 1] (got {self.fallback_threshold})")
+        _check(
+            0 <= self.fallback_threshold <= 1, f"fallback_threshold must be in [0, 1] (got {self.fallback_threshold})"
+        )
         _check(self.fallback_max_per_second > 0, "fallback_max_per_second must be > 0")
         _check(self.teacher_hold_s >= 0, "teacher_hold_s must be >= 0")
 
@@ -247,7 +254,7 @@ def parse_classes(value: Any) -> tuple[ClassSpec, ...]:
             name = str(item["name"]).strip()
             specs.append(ClassSpec(name, str(item.get("text") or name).strip()))
         elif isinstance(item, Mapping) and len(item) == 1:
-            (name, text), = item.items()
+            ((name, text),) = item.items()
             specs.append(ClassSpec(str(name).strip(), str(text).strip()))
         else:
             raise ConfigError(f"cannot read class {item!r}; write a name, or {{name: ..., text: ...}}")

@@ -13,7 +13,7 @@ atomically) updated to list it. A killed writer therefore leaves whole shards on
 which frames are done (`LabelSetWriter.done`). Files not listed in the manifest are ignored and cleaned up.
 
 Example:
-    >>> with LabelSetWriter("runs/labels", classes=["a", "b"], teacher={"backend": "annotations"}) as w:  # doctest: +SKIP
+    >>> with LabelSetWriter("runs/labels", ["a", "b"], {"backend": "annotations"}) as w:  # doctest: +SKIP
     ...     w.add({"video": "x.mp4", "frame_index": 0, "timestamp_s": 0.0, "image": jpeg, "label": "a",
     ...            "probs": [1.0, 0.0], "confidence": 1.0, "teacher": "annotations", "raw": None})
     >>> ds = load_labels("runs/labels")  # doctest: +SKIP

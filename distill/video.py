@@ -91,7 +91,7 @@ def find_videos(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[VideoFil
 
     Folders contribute files with a video extension (others are ignored silently); names are relative to the
     folder. A file given directly is named by its file name. Missing paths, globs that match nothing, folders
-    without videos and files that cannot be read become `Failure`s, never exceptions.
+    without videos and files that cannot be read become `Failure`s (each logged as one warning), never exceptions.
     """
     videos: dict[Path, VideoFile] = {}
     failures: list[Failure] = []
@@ -109,7 +109,9 @@ def find_videos(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[VideoFil
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and not p.is_dir())
             if not found:
-                failures.append(Failure(text, "folder holds no videos (" + ", ".join(sorted(VIDEO_EXTENSIONS)[:5]) + ", ...)"))
+                failures.append(
+                    Failure(text, "folder holds no videos (" + ", ".join(sorted(VIDEO_EXTENSIONS)[:5]) + ", ...)")
+                )
             for p in found:
                 _add_file(videos, failures, p, p.relative_to(path).as_posix(), explicit=False)
         elif path.is_symlink() and not path.exists():
@@ -118,6 +120,8 @@ def find_videos(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[VideoFil
             failures.append(Failure(text, "no such file or folder"))
         else:
             _add_file(videos, failures, path, path.name, explicit=True)
+    for failure in failures:
+        logger.warning("skipping %s: %s", failure.name, failure.reason)
     return list(videos.values()), failures
 
 
@@ -140,11 +144,11 @@ def _open_file(path: Path) -> cv2.VideoCapture:
         with open(path, "rb") as fh:
             fh.read(1)
     except OSError as exc:
-        raise VideoError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise VideoError(f"{path.name}: cannot read ({exc.strerror or exc})") from None
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     if not cap.isOpened():
         cap.release()
-        raise VideoError(f"{path.name} is not a readable video (corrupt, truncated, or not a video)")
+        raise VideoError(f"{path.name}: not a readable video (corrupt, truncated, or not a video file)")
     return cap
 
 
@@ -213,7 +217,7 @@ def sample_frames(
     finally:
         cap.release()
     if stats.frames_read == 0:
-        raise VideoError(f"{video.name}: no frame could be decoded (truncated or corrupt file)")
+        raise VideoError(f"{video.path.name}: no frame could be decoded (truncated or corrupt file)")
 
 
 def _sample(
@@ -395,7 +399,7 @@ def sample_videos(
                 stats=stats,
             )
         except VideoError as exc:
-            reason = str(exc).removeprefix(f"{video.name}: ")
+            reason = str(exc).removeprefix(f"{video.path.name}: ")
             failures.append(Failure(video.name, reason))
             logger.warning("skipping %s: %s", video.name, reason)
         else:

@@ -11,7 +11,14 @@ import pytest
 from distill.video import write_video
 
 
-def solid_frames(colors: list[tuple[int, int, int]], seconds_each: float, fps: float = 25.0, size=(96, 128), noise: int = 0, seed: int = 0):
+def solid_frames(
+    colors: list[tuple[int, int, int]],
+    seconds_each: float,
+    fps: float = 25.0,
+    size=(96, 128),
+    noise: int = 0,
+    seed: int = 0,
+):
     """BGR frames: each colour held for `seconds_each` seconds, with optional per-pixel noise."""
     rng = np.random.default_rng(seed)
     h, w = size
@@ -20,7 +27,9 @@ def solid_frames(colors: list[tuple[int, int, int]], seconds_each: float, fps: f
             img = np.empty((h, w, 3), np.uint8)
             img[:] = color
             if noise:
-                img = np.clip(img.astype(np.int16) + rng.integers(-noise, noise + 1, img.shape), 0, 255).astype(np.uint8)
+                img = np.clip(img.astype(np.int16) + rng.integers(-noise, noise + 1, img.shape), 0, 255).astype(
+                    np.uint8
+                )
             yield img
 
 
