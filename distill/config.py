@@ -64,7 +64,7 @@ class SamplingConfig:
     start_s: float = 0.0
     end_s: float | None = None
     dedup: bool = True  # skip frames nearly identical to the last kept one
-    dedup_threshold: float = 0.02  # mean abs difference of 32x32 grey thumbnails, in [0, 1]
+    dedup_threshold: float = 0.05  # largest change of any cell of a 32x32 grey thumbnail, in [0, 1]
     image_size: int = 320  # short side of stored JPEGs (label sets, `distill sample`); 0 keeps the original
 
     def __post_init__(self) -> None:
@@ -78,7 +78,7 @@ class SamplingConfig:
             self.end_s is None or self.end_s > self.start_s,
             f"end_s ({self.end_s}) must be greater than start_s ({self.start_s})",
         )
-        _check(0 <= self.dedup_threshold < 1, "dedup_threshold must be in [0, 1); 0.02 suits most cameras")
+        _check(0 <= self.dedup_threshold < 1, "dedup_threshold must be in [0, 1); 0.05 suits most cameras")
         _check(self.image_size >= 0, "image_size must be >= 0 (0 keeps frames at their original size)")
 
 

