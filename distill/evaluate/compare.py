@@ -1,0 +1,288 @@
+"""`distill compare`: the student against the teacher (and ground truth), with speed and the fallback trade-off.
+
+The frames compared are those of a label set: by default only its held-out videos (the validation split the
+training run used, so the student never saw them), or every frame when the label set holds other videos
+(`held_out_only=False`). For each frame the student's answer comes from running `student.onnx` here; the
+teacher's from the label set, or from running a teacher here when one is given.
+
+Speed: the student's latency (one frame per call, p50/p95) and throughput (batches of 32) are measured here;
+the teacher's too when it runs here, otherwise its cost is read from the label set's manifest (what the labelling
+run recorded). The speed-up is the ratio of seconds per frame at batched throughput.
+
+Frames the teacher could not label (null label) are left out of every metric and counted in `frames_skipped`,
+as are frames that no ground-truth segment covers when ground truth is given.
+
+This module does not label videos or train; it reads what those stages wrote and reports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from distill._progress import progress_bar
+from distill.dataset import read_manifest, read_table, split_by_video
+from distill.errors import DatasetError
+from distill.evaluate.metrics import DEFAULT_TARGET_AGREEMENT, comparison_metrics, latency_stats
+from distill.evaluate.report import write_report
+
+logger = logging.getLogger(__name__)
+
+TIMED_CALLS = 40  # single-frame student calls timed for the latency percentiles
+THROUGHPUT_BATCH = 32
+
+
+@dataclass
+class CompareReport:
+    """What `run_compare` measured and wrote."""
+
+    out_dir: Path
+    metrics: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def student_accuracy(self) -> float | None:
+        return self.metrics["student"].get("accuracy")
+
+
+@dataclass
+class _Frames:
+    """The frames under evaluation, in label-set order."""
+
+    videos: list[str]
+    timestamps: np.ndarray
+    images: list[np.ndarray]  # BGR
+    teacher: list[str]
+    teacher_confidence: np.ndarray
+    truth: list[str] | None
+    skipped: dict[str, int]
+
+
+def run_compare(
+    labels_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    student_path: str | os.PathLike[str],
+    truth_csv: str | os.PathLike[str] | None = None,
+    teacher_cfg: Any | None = None,
+    held_out_only: bool = True,
+    target_agreement: float = DEFAULT_TARGET_AGREEMENT,
+    threads: int | None = None,
+    show_progress: bool = False,
+) -> CompareReport:
+    """Compare a student with its teacher (and ground truth) on a label set's frames; write the report.
+
+    Args:
+        labels_dir: a label set written by `distill label`.
+        out_dir: where metrics.json, report.md, report.html and the PNG plots go.
+        student_path: the `student.onnx` to evaluate.
+        truth_csv: ground truth as segments `video,start_s,end_s,label` (video names as in the label set).
+        teacher_cfg: a `TaskConfig` whose teacher is run here on the frames (its answers and speed replace the
+            label set's); None uses the label set's answers and recorded cost.
+        held_out_only: evaluate only the videos the training run held out (see `held_out_videos`).
+        target_agreement: the agreement the recommended fallback threshold must reach.
+        threads: ONNX Runtime intra-op threads for the student.
+
+    Raises:
+        DatasetError: the label set is missing or empty, no held-out video is known, or classes do not match.
+        ExportError: the student file is missing or not a distill student.
+    """
+    from distill.export import Student
+
+    labels_dir, out_dir, student_path = Path(labels_dir), Path(out_dir), Path(student_path)
+    manifest = read_manifest(labels_dir)
+    classes = list(manifest["classes"])
+    student = Student(student_path, threads=threads)
+    if sorted(student.classes) != sorted(classes):
+        raise DatasetError(
+            f"student classes {list(student.classes)} differ from the label set's {classes}; "
+            "compare a student with the label set it was trained on (or one with the same classes)"
+        )
+    split = held_out_videos(labels_dir, student_path, manifest) if held_out_only else None
+    frames = _load_frames(labels_dir, classes, split["videos"] if split else None, truth_csv)
+    teacher_info = _teacher_info(manifest)
+    if teacher_cfg is not None:
+        teacher_info = _run_teacher(teacher_cfg, frames, classes, show_progress)
+    with progress_bar("student", total=len(frames.images), enabled=show_progress) as bar:
+        pred = student.predict(frames.images, batch_size=THROUGHPUT_BATCH)
+        bar.advance(len(frames.images))
+    probs = pred.probs[:, [list(student.classes).index(c) for c in classes]]  # (N, K) in label-set order
+    metrics = comparison_metrics(
+        classes, frames.teacher, [classes[i] for i in probs.argmax(axis=1)], probs, frames.truth,
+        frames.teacher_confidence, target_agreement=target_agreement,
+    )  # fmt: skip
+    metrics["student"].update(time_student(student, frames.images))
+    metrics["student"].update(
+        name=f"{student.meta.get('model', '?')} ({student_path.name})", providers=student.providers
+    )
+    metrics["teacher"].update(teacher_info)
+    metrics.update(
+        labels=str(labels_dir),
+        student_path=str(student_path),
+        truth=str(truth_csv) if truth_csv is not None else None,
+        held_out_only=held_out_only,
+        split_source=split["source"] if split else None,
+        videos=sorted(set(frames.videos)),
+        frames_skipped=frames.skipped,
+        speedup=_speedup(metrics["student"], metrics["teacher"]),
+    )
+    files = write_report(out_dir, metrics)
+    return CompareReport(out_dir, metrics, files)
+
+
+# --- which frames -------------------------------------------------------------------------------------------
+
+
+def held_out_videos(labels_dir: Path, student_path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The videos the training run held out, and where that came from.
+
+    Looked up in order: `splits.json` next to the student (written by `distill train`), then the split that
+    `distill.dataset.split_by_video` gives with the training config saved next to the student (`config.yaml`),
+    then with the label set's config. Raises `DatasetError` when the label set has a single video.
+    """
+    names = sorted(set(read_table(labels_dir, columns=["video"]).column("video").to_pylist()))
+    splits = student_path.parent / "splits.json"
+    if splits.is_file():
+        data = json.loads(splits.read_text(encoding="utf-8"))
+        val = data.get("val") or data.get("val_videos") or []
+        videos = sorted(set(val) & set(names))
+        if videos:
+            return {"videos": videos, "source": str(splits)}
+        logger.warning("%s lists no video of this label set; recomputing the split", splits)
+    train_cfg, source = _train_config(student_path, manifest)
+    _, val = split_by_video(names, float(train_cfg.get("val_fraction", 0.2)), int(train_cfg.get("seed", 0)))
+    if not val:
+        raise DatasetError(
+            f"{labels_dir} holds one video, so nothing was held out; pass --all to evaluate every frame "
+            "(best on a label set of other videos)"
+        )
+    return {"videos": val, "source": source}
+
+
+def _train_config(student_path: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    from distill.config import read_yaml
+
+    saved = student_path.parent / "config.yaml"
+    if saved.is_file():
+        data = read_yaml(saved).get("train") or {}
+        return dict(data), f"split_by_video with {saved}"
+    return dict((manifest.get("config") or {}).get("train") or {}), "split_by_video with the label set's config"
+
+
+def _load_frames(labels_dir: Path, classes: list[str], videos: Sequence[str] | None, truth_csv: Any) -> _Frames:
+    table = read_table(labels_dir, columns=["video", "timestamp_s", "image", "label", "confidence"])
+    video_col = table.column("video").to_pylist()
+    keep = [i for i, v in enumerate(video_col) if videos is None or v in set(videos)]
+    labels = table.column("label").to_pylist()
+    skipped = {"teacher_unmatched": sum(labels[i] is None for i in keep), "no_truth": 0}
+    keep = [i for i in keep if labels[i] is not None]
+    times = np.asarray(table.column("timestamp_s").to_pylist(), dtype=np.float64)
+    truth = None
+    if truth_csv is not None:
+        truth_all = _truth_labels(truth_csv, [video_col[i] for i in keep], times[keep], classes)
+        skipped["no_truth"] = sum(t is None for t in truth_all)
+        keep = [i for i, t in zip(keep, truth_all) if t is not None]
+        truth = [t for t in truth_all if t is not None]
+    if not keep:
+        raise DatasetError(
+            f"no frame of {labels_dir} can be evaluated (skipped: {skipped}); check the videos and --truth"
+        )
+    images_col, conf_col = table.column("image"), table.column("confidence").to_pylist()
+    images = [cv2.imdecode(np.frombuffer(images_col[i].as_py(), np.uint8), cv2.IMREAD_COLOR) for i in keep]
+    if any(img is None for img in images):
+        raise DatasetError(f"{labels_dir} holds an unreadable JPEG; label the videos again")
+    return _Frames(
+        [video_col[i] for i in keep], times[keep], images, [labels[i] for i in keep],
+        np.asarray([1.0 if conf_col[i] is None else conf_col[i] for i in keep], np.float64), truth, skipped,
+    )  # fmt: skip
+
+
+def _truth_labels(truth_csv: Any, videos: list[str], times: np.ndarray, classes: list[str]) -> list[str | None]:
+    """The ground-truth label of each frame (None where no segment covers it)."""
+    from distill.label.annotations import label_at, read_segments
+
+    segments = read_segments(truth_csv)
+    out = [label_at(segments, v, float(t)) for v, t in zip(videos, times)]
+    unknown = sorted({t for t in out if t is not None and t not in classes})
+    if unknown:
+        raise DatasetError(
+            f"{truth_csv} uses label {unknown[0]!r}, which is not a class ({', '.join(classes)}); fix the CSV"
+        )
+    if videos and all(t is None for t in out):
+        raise DatasetError(
+            f"no segment of {truth_csv} covers a compared frame; its video names must match the label set's "
+            f"(e.g. {videos[0]!r})"
+        )
+    return out
+
+
+# --- speed --------------------------------------------------------------------------------------------------
+
+
+def time_student(student: Any, images: Sequence[np.ndarray], calls: int = TIMED_CALLS) -> dict[str, Any]:
+    """Latency p50/p95 of single-frame calls and throughput at batch 32, measured on `images`."""
+    if not images:
+        return {}
+    for img in images[:3]:  # warm-up: the first calls allocate
+        student.predict([img])
+    single = []
+    for k in range(calls):
+        img = images[k % len(images)]
+        start = time.perf_counter()
+        student.predict([img])
+        single.append(time.perf_counter() - start)
+    batch = [images[k % len(images)] for k in range(THROUGHPUT_BATCH)]
+    batched = []
+    for _ in range(3):
+        start = time.perf_counter()
+        student.predict(batch, batch_size=THROUGHPUT_BATCH)
+        batched.append(time.perf_counter() - start)
+    one = latency_stats(single)
+    return {
+        "latency_ms_p50": one["latency_ms_p50"],
+        "latency_ms_p95": one["latency_ms_p95"],
+        "throughput_fps": latency_stats(batched, THROUGHPUT_BATCH)["throughput_fps"],
+        "cost_source": "measured here",
+    }
+
+
+def _speedup(student: dict[str, Any], teacher: dict[str, Any]) -> float | None:
+    s, t = student.get("throughput_fps"), teacher.get("throughput_fps")
+    if not s or not t:
+        return None
+    return float(s / t)
+
+
+def _teacher_info(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Name and recorded cost of the teacher that labelled the set (from its manifest)."""
+    desc = dict(manifest.get("teacher") or {})
+    info: dict[str, Any] = {"name": _teacher_name(desc), "backend": desc.get("backend")}
+    stats = desc.get("stats") or manifest.get("stats") or {}
+    spf = stats.get("seconds_per_frame")
+    if desc.get("backend") == "annotations":
+        info["cost_note"] = "the annotations teacher reads a file; a real run would use a VLM teacher"
+    elif spf:
+        info.update(throughput_fps=1.0 / float(spf), latency_ms_p50=None, cost_source="recorded by `distill label`")
+    else:
+        info["cost_note"] = "the label set records no teacher cost; pass --teacher to measure it here"
+    return info
+
+
+def _teacher_name(desc: dict[str, Any]) -> str:
+    backend = desc.get("backend") or "?"
+    model = desc.get("model")
+    return f"{backend} ({model})" if model and backend != "annotations" else str(backend)
+
+
+def _run_teacher(cfg: Any, frames: _Frames, classes: list[str], show_progress: bool) -> dict[str, Any]:
+    """Label the frames with the configured teacher, timing it; its answers replace the label set's."""
+    raise NotImplementedError
