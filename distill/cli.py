@@ -139,6 +139,81 @@ def sample(
     )
 
 
+@command
+def serve(
+    camera: Annotated[list[int] | None, typer.Option("--camera", help="Camera index (repeatable).")] = None,
+    source: Annotated[
+        list[str] | None, typer.Option("--source", help="Video file or rtsp:// / http:// URL (repeatable).")
+    ] = None,
+    student: Annotated[Path, typer.Option("--student", help="The exported student.")] = Path(
+        "runs/student/student.onnx"
+    ),
+    config: ConfigOpt = None,
+    classes: Annotated[
+        str | None, typer.Option("--classes", help="Class names for the teacher (default: the student's).")
+    ] = None,
+    teacher: Annotated[
+        str | None, typer.Option("--teacher", help="Ask this teacher when unsure: paligemma | annotations.")
+    ] = None,
+    teacher_model: Annotated[str | None, typer.Option("--teacher-model", help="PaliGemma hub id or folder.")] = None,
+    annotations: Annotated[
+        Path | None, typer.Option("--annotations", help="Segments CSV (annotations teacher, recorded files).")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option("--fallback-threshold", help="Ask the teacher below this smoothed confidence.")
+    ] = None,
+    max_per_second: Annotated[
+        float | None, typer.Option("--fallback-max-per-second", help="At most this many teacher calls a second.")
+    ] = None,
+    hold: Annotated[float | None, typer.Option("--teacher-hold", help="Seconds a teacher answer is shown.")] = None,
+    hard_examples: Annotated[
+        Path, typer.Option("--hard-examples", help="Label set for frames the teacher labelled.")
+    ] = Path("runs/hard-examples"),
+    smoothing: Annotated[str | None, typer.Option("--smoothing", help="ema | vote (default: ema).")] = None,
+    ema_alpha: Annotated[float | None, typer.Option("--ema-alpha", help="Weight of the newest frame.")] = None,
+    window: Annotated[int | None, typer.Option("--window", help="Frames in the majority vote.")] = None,
+    hysteresis: Annotated[float | None, typer.Option("--hysteresis", help="Margin a new label must win by.")] = None,
+    display: Annotated[bool, typer.Option("--display/--no-display", help="Show a window per source.")] = True,
+    events: Annotated[str | None, typer.Option("--events", help="JSON-lines events file, `-` for stdout.")] = None,
+    max_seconds: Annotated[float | None, typer.Option("--max-seconds", help="Stop after S seconds.")] = None,
+    fast: Annotated[bool, typer.Option("--fast", help="Play files as fast as possible, every frame.")] = False,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads of the student.")] = None,
+) -> None:
+    """Classify live streams and files in real time; ask a teacher about unsure frames (`q` or Ctrl-C stops)."""
+    from distill.export import Student
+    from distill.realtime import run_serve
+    from distill.realtime.serve import annotations_root, teacher_config
+
+    flags = {"teacher.backend": teacher, "teacher.model": teacher_model}
+    flags |= {"teacher.annotations": str(annotations) if annotations else None}
+    flags |= {"serve.fallback_threshold": threshold, "serve.fallback_max_per_second": max_per_second}
+    flags |= {"serve.teacher_hold_s": hold, "serve.smoothing": smoothing, "serve.ema_alpha": ema_alpha}
+    flags |= {"serve.window": window, "serve.hysteresis": hysteresis}
+    cfg = load_task(config, classes=classes, **flags)
+    sources = [str(c) for c in camera or []] + list(source or [])
+    runtime = Student(student, threads=threads)
+    fallback = None
+    if teacher is not None:  # only then: a PaliGemma teacher imports torch
+        from distill.label import build_teacher
+
+        cfg = teacher_config(cfg, runtime.classes)
+        fallback = build_teacher(cfg, annotations_root=annotations_root(sources))
+    summary = run_serve(
+        sources,
+        runtime,
+        cfg,
+        teacher=fallback,
+        display=display,
+        events=events,
+        max_seconds=max_seconds,
+        fast=fast,
+        hard_examples=hard_examples,
+    )
+    console = err_console if events == "-" else out_console
+    for line in summary.lines():
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="distill")
