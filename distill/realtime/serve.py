@@ -1,0 +1,407 @@
+"""`run_serve`: capture threads -> one inference thread -> window or events, with a teacher on the side.
+
+```
+camera 0 ──capture──> [slot] ─┐                               ┌─> [shown slot] ─> window (main thread)
+video.mp4 ─capture──> [slot] ─┼─> inference (one batch) ──────┼─> events.jsonl
+rtsp://…  ─capture──> [slot] ─┘        │ unsure  ^ verdict     └─> stats every few seconds
+                                       v         │
+                                  [slot] ─> fallback (teacher) ─> hard examples (label set)
+```
+Every arrow between threads is a single-value slot (latest wins): nothing queues up. `q`, SIGINT, SIGTERM,
+`max_seconds`, or the end of every source stops all threads; they are joined within a second.
+
+This module does not load the teacher (the caller passes one) and never imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distill.config import TaskConfig, parse_classes
+from distill.errors import ConfigError, VideoError
+from distill.realtime._state import LatencyHistogram, Slot, Workers
+from distill.realtime.capture import CapturedFrame, CaptureWorker
+from distill.realtime.fallback import FallbackWorker, Teacher
+from distill.realtime.hard_examples import HardExamples
+from distill.realtime.inference import InferenceWorker, SourceState, StudentLike
+from distill.realtime.sinks import DisplaySink, EventLog
+from distill.realtime.smoothing import Smoother
+from distill.realtime.stats import StatsClock
+from distill.video import Source, parse_source
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HARD_EXAMPLES = Path("runs/hard-examples")
+JOIN_TIMEOUT_S = 0.9
+
+
+@dataclass
+class SourceSummary:
+    name: str  # credentials masked
+    kind: str  # camera | url | file
+    status: str  # ended | failed | stopped | reconnecting | running
+    frames_captured: int
+    frames_classified: int
+    frames_dropped: int  # replaced in the slot before the inference thread took them
+    label_changes: int
+    reconnects: int
+    error: str | None = None
+
+
+@dataclass
+class ServeSummary:
+    """What a serving run did; `distill serve` prints it."""
+
+    sources: list[SourceSummary]
+    duration_s: float
+    frames_classified: int
+    inference_fps: float  # frames classified per second, all sources together
+    latency_p50_ms: float | None  # capture to label
+    latency_p95_ms: float | None
+    frame_errors: int
+    teacher: bool = False  # a teacher was there to fall back on
+    fallbacks_offered: int = 0
+    fallbacks_asked: int = 0
+    teacher_answers: int = 0
+    teacher_errors: int = 0
+    hard_examples: int = 0
+    hard_examples_dir: Path | None = None
+    stopped_by: str = "end"  # end | signal | quit | max-seconds
+    shutdown_s: float = 0.0  # from the stop request until every thread was joined
+    unjoined: list[str] = field(default_factory=list)  # threads still running after the join timeout
+
+    @property
+    def failures(self) -> list[SourceSummary]:
+        return [s for s in self.sources if s.status == "failed"]
+
+    @property
+    def threads_joined(self) -> bool:
+        return not self.unjoined
+
+    def lines(self) -> list[str]:
+        """A human-readable summary, one line per item (what `distill serve` prints)."""
+        p50, p95 = _ms(self.latency_p50_ms), _ms(self.latency_p95_ms)
+        out = [
+            f"served {len(self.sources)} source(s) for {self.duration_s:.1f} s: {self.frames_classified} frames "
+            f"classified ({self.inference_fps:.1f} fps), capture-to-label latency p50 {p50} / p95 {p95}"
+        ]
+        for s in self.sources:
+            if s.status == "failed":
+                out.append(f"  {s.name}: failed to open: {s.error}")
+                continue
+            out.append(
+                f"  {s.name}: {s.status}, {s.frames_captured} captured, {s.frames_classified} classified, "
+                f"{s.frames_dropped} dropped as stale, {s.label_changes} label changes"
+                + (f", {s.reconnects} reconnects" if s.reconnects else "")
+            )
+        if self.frame_errors:
+            out.append(f"  {self.frame_errors} frame(s) could not be classified (see the warnings)")
+        if self.teacher:
+            stored = (
+                f"{self.hard_examples} hard example(s) -> {self.hard_examples_dir}" if self.hard_examples_dir else ""
+            )
+            out.append(
+                f"teacher: {self.fallbacks_offered} offered, {self.fallbacks_asked} asked, {self.teacher_answers} "
+                f"answered, {self.teacher_errors} failed; {stored or 'hard examples not kept'}"
+            )
+        joined = "all threads joined" if self.threads_joined else f"still running: {', '.join(self.unjoined)}"
+        out.append(f"stopped by {self.stopped_by}; {joined} in {self.shutdown_s:.2f} s")
+        return out
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def run_serve(
+    sources: Sequence[str | int | Source],
+    student: str | os.PathLike[str] | StudentLike,
+    cfg: TaskConfig,
+    *,
+    teacher: Teacher | None = None,
+    display: bool = False,
+    events: str | os.PathLike[str] | None = None,
+    max_seconds: float | None = None,
+    fast: bool = False,
+    hard_examples: str | os.PathLike[str] | None = DEFAULT_HARD_EXAMPLES,
+    stats_every_s: float = 5.0,
+) -> ServeSummary:
+    """Classify every frame of `sources` in real time until they end or the run is stopped.
+
+    Args:
+        sources: camera indices, file paths and RTSP/HTTP URLs (or parsed `Source`s).
+        student: a `student.onnx` path, or a loaded `distill.export.Student`.
+        cfg: the task config; `cfg.serve` sets smoothing and fallback, `cfg.sampling.image_size` the stored
+            hard-example size.
+        teacher: asked about frames whose smoothed confidence is below `cfg.serve.fallback_threshold`.
+        display: show one OpenCV window per source (`q` quits); needs a display.
+        events: a JSON-lines file for label changes and stats, or `-` for stdout.
+        max_seconds: stop after this long.
+        fast: play files as fast as the student classifies them (every frame), not at their native rate.
+        hard_examples: folder for teacher-labelled frames (a label set), or None to keep none.
+        stats_every_s: seconds between stats lines in the events.
+
+    Raises:
+        ConfigError: no source given, teacher classes that differ from the student's, no display.
+        VideoError: no source could be opened.
+
+    Example:
+        >>> summary = run_serve(["clip.mp4"], "runs/student/student.onnx", load_config(), events="-")  # doctest: +SKIP
+    """
+    parsed = [s if isinstance(s, Source) else parse_source(s) for s in sources]
+    if not parsed:
+        raise ConfigError("no source to serve; pass --camera N or --source FILE_OR_URL")
+    student = _load_student(student)
+    run = _Run(parsed, student, cfg, teacher=teacher, fast=fast, stats_every_s=stats_every_s)
+    run.open_outputs(display=display, events=events, hard_examples=hard_examples)
+    try:
+        run.start()
+        with _signals_stop(run):
+            run.loop(max_seconds)
+    finally:
+        run.shutdown()
+    run.workers.raise_first()
+    summary = run.summary()
+    if all(s.status == "failed" for s in summary.sources):
+        details = "; ".join(f"{s.name}: {s.error}" for s in summary.sources)
+        raise VideoError(f"no source could be opened ({details})")
+    return summary
+
+
+def teacher_config(cfg: TaskConfig, student_classes: Sequence[str]) -> TaskConfig:
+    """The config a fallback teacher is built from: the student's classes unless the config names them."""
+    if cfg.classes:
+        return cfg
+    return dataclasses.replace(cfg, classes=parse_classes(list(student_classes)))
+
+
+def annotations_root(sources: Sequence[str | int | Source]) -> Path | None:
+    """The folder of the first file source: segments CSV paths under it match the names served files carry."""
+    for spec in sources:
+        source = spec if isinstance(spec, Source) else parse_source(spec)
+        if source.kind == "file":
+            return Path(source.spec).parent
+    return None
+
+
+def _load_student(student: str | os.PathLike[str] | StudentLike) -> StudentLike:
+    if isinstance(student, (str, os.PathLike)):
+        from distill.export import Student
+
+        return Student(student)
+    return student
+
+
+class _Run:
+    """The threads and shared state of one serving run."""
+
+    def __init__(
+        self,
+        sources: list[Source],
+        student: StudentLike,
+        cfg: TaskConfig,
+        *,
+        teacher: Teacher | None,
+        fast: bool,
+        stats_every_s: float,
+    ) -> None:
+        self.cfg = cfg
+        self.student = student
+        self.teacher = teacher
+        self.stats_every_s = stats_every_s
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.workers = Workers(self.stop)
+        self.stopped_by = "end"
+        self.start_wall = time.time()
+        self.start_mono = time.monotonic()
+        self.shutdown_s = 0.0
+        self.signalled_at: float | None = None
+        self.end_mono = self.start_mono
+        self.unjoined: list[str] = []
+        classes = list(student.classes)
+        if teacher is not None and set(teacher.classes) != set(classes):
+            raise ConfigError(
+                f"the teacher's classes ({', '.join(teacher.classes)}) differ from the student's "
+                f"({', '.join(classes)}); pass the --config or --classes the student was trained with"
+            )
+        session = time.strftime("%Y%m%d-%H%M%S", time.localtime(self.start_wall))
+        self.frames: list[Slot[CapturedFrame]] = [Slot() for _ in sources]
+        self.captures = [
+            CaptureWorker(i, s, self.frames[i], self.stop, self.wake, fast=fast) for i, s in enumerate(sources)
+        ]
+        self.states = [
+            SourceState(
+                name=c.name,
+                live=c.source.live,
+                video=f"{c.name}@{session}" if c.source.live else c.video_name,
+                smoother=Smoother.from_config(len(classes), cfg.serve),
+            )
+            for c in self.captures
+        ]
+        self.display: DisplaySink | None = None
+        self.events: EventLog | None = None
+        self.hard: HardExamples | None = None
+        self.fallback: FallbackWorker | None = None
+        self.inference: InferenceWorker | None = None
+
+    def open_outputs(self, *, display: bool, events: str | os.PathLike[str] | None, hard_examples: Any) -> None:
+        if display:
+            self.display = DisplaySink([s.name for s in self.states])
+        if self.teacher is not None and hard_examples is not None:
+            self.hard = HardExamples(
+                hard_examples,
+                list(self.student.classes),
+                self.teacher.describe(),
+                self.cfg.to_dict(),
+                image_size=self.cfg.sampling.image_size,
+            )
+        if events is not None:
+            self.events = EventLog(events)
+
+    def start(self) -> None:
+        serve = self.cfg.serve
+        if self.teacher is not None:
+            self.fallback = FallbackWorker(
+                self.teacher,
+                self.student.classes,
+                [s.verdicts for s in self.states],
+                self.stop,
+                max_per_second=serve.fallback_max_per_second,
+                hold_s=serve.teacher_hold_s,
+                hard_examples=self.hard,
+            )
+            if serve.fallback_threshold <= 0:
+                logger.warning("a teacher is set but the fallback threshold is 0; it will never be asked")
+        self.inference = InferenceWorker(
+            self.student,
+            self.frames,
+            self.states,
+            self.stop,
+            self.wake,
+            self.captures_done,
+            self.emit,
+            fallback=self.fallback,
+            threshold=serve.fallback_threshold,
+            live_start=self.start_wall,
+        )
+        self._capture_threads = [self.workers.start(f"capture-{c.number}", c.run) for c in self.captures]
+        self._inference_thread = self.workers.start("inference", self.inference.run)
+        if self.fallback is not None:
+            self.workers.start("fallback", self.fallback.run)
+
+    def captures_done(self) -> bool:
+        return not any(t.is_alive() for t in self._capture_threads)
+
+    def emit(self, record: dict[str, Any]) -> None:
+        if self.events is not None:
+            self.events.write(record)
+
+    def loop(self, max_seconds: float | None) -> None:
+        """The main thread: display, stats, timed flushes, and the stop conditions."""
+        stats = self.stats = StatsClock(self)
+        deadline = self.start_mono + max_seconds if max_seconds is not None else None
+        while not self.stop.is_set():
+            if self.display is not None:
+                fps = stats.fps_per_source()
+                for i, state in enumerate(self.states):
+                    self.display.show(i, state.shown.peek(), fps[i])
+                if self.display.quit_requested():
+                    self.stopped_by = "quit"
+                    break
+                self.stop.wait(0.01)
+            else:
+                self.stop.wait(0.05)
+            if not self._inference_thread.is_alive():
+                break  # every source ended (or a worker failed: raised after shutdown)
+            if deadline is not None and time.monotonic() >= deadline:
+                self.stopped_by = "max-seconds"
+                break
+            stats.maybe_write()
+            if self.hard is not None:
+                self.hard.flush_if_due()
+
+    def shutdown(self) -> None:
+        """Stop every thread, join them within `JOIN_TIMEOUT_S`, then flush and close the outputs."""
+        begin = self.end_mono = self.signalled_at or time.monotonic()  # a signal's stop counts from the signal
+        self.stop.set()
+        self.unjoined = self.workers.join(JOIN_TIMEOUT_S)
+        self.shutdown_s = time.monotonic() - begin
+        if self.unjoined:
+            logger.warning("threads still busy after %.1f s: %s (abandoned)", JOIN_TIMEOUT_S, ", ".join(self.unjoined))
+        if self.hard is not None:
+            self.hard.close()
+        if self.events is not None:
+            if self.inference is not None:
+                self.emit(StatsClock(self).final())
+            self.events.close()
+        if self.display is not None:
+            self.display.close()
+
+    def summary(self) -> ServeSummary:
+        inference = self.inference
+        duration = max(self.end_mono - self.start_mono, 1e-9)
+        counts = inference.latency.snapshot() if inference else LatencyHistogram().counts
+        fallback = self.fallback.stats if self.fallback else None
+        return ServeSummary(
+            sources=[
+                SourceSummary(
+                    name=c.name,
+                    kind=c.source.kind,
+                    status=c.stats.status,
+                    frames_captured=c.stats.frames,
+                    frames_classified=s.classified,
+                    frames_dropped=self.frames[c.number].dropped,
+                    label_changes=s.changes,
+                    reconnects=c.stats.reconnects,
+                    error=c.stats.error,
+                )
+                for c, s in zip(self.captures, self.states)
+            ],
+            duration_s=round(duration, 3),
+            frames_classified=inference.classified if inference else 0,
+            inference_fps=round((inference.classified if inference else 0) / duration, 2),
+            latency_p50_ms=LatencyHistogram.percentile_ms(counts, 50),
+            latency_p95_ms=LatencyHistogram.percentile_ms(counts, 95),
+            frame_errors=inference.errors if inference else 0,
+            teacher=fallback is not None,
+            fallbacks_offered=fallback.offered if fallback else 0,
+            fallbacks_asked=fallback.asked if fallback else 0,
+            teacher_answers=fallback.answered if fallback else 0,
+            teacher_errors=fallback.errors if fallback else 0,
+            hard_examples=self.hard.written if self.hard else 0,
+            hard_examples_dir=self.hard.directory if self.hard else None,
+            stopped_by=self.stopped_by,
+            shutdown_s=round(self.shutdown_s, 3),
+            unjoined=self.unjoined,
+        )
+
+
+@contextmanager
+def _signals_stop(run: _Run) -> Iterator[None]:
+    """While serving, SIGINT and SIGTERM set the stop event instead of raising (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, _frame: object) -> None:
+        run.stopped_by = "signal"
+        run.signalled_at = run.signalled_at or time.monotonic()
+        run.stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
