@@ -214,6 +214,44 @@ def serve(
         console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
+@command
+def export(
+    ckpt: Annotated[
+        Path, typer.Argument(help="Student checkpoint, or the training run folder holding student.ckpt.")
+    ] = Path("runs/student"),
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="The fp32 ONNX file \\[default: student.onnx by the checkpoint].")
+    ] = None,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Also write NAME.int8.onnx: static INT8 (QDQ) calibrated on real frames.")
+    ] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Also write NAME.fp16.onnx, for GPU providers.")] = False,
+    calibration: Annotated[
+        Path | None,
+        typer.Option("--calibration", help="Label set to calibrate INT8 on \\[default: the checkpoint's label set]."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Keep INT8/FP16 files that agree with fp32 on fewer than 98% of frames.")
+    ] = False,
+) -> None:
+    """Export a trained student to ONNX (metadata inside), checked for parity with PyTorch; optional INT8/FP16."""
+    from distill.export import export_onnx
+    from distill.export.onnx_export import find_checkpoint
+
+    path = find_checkpoint(ckpt)
+    report = export_onnx(
+        path,
+        out or path.parent / "student.onnx",
+        int8=int8,
+        fp16=fp16,
+        calibration=calibration,
+        force=force,
+        show_progress=sys.stderr.isatty(),
+    )
+    for line in report.lines():
+        out_console.print(line, highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="distill")
