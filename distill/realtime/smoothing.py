@@ -48,13 +48,12 @@ class Smoother:
     @property
     def lag_frames(self) -> int:
         """Frames after a clean switch between two confident classes until the shown label follows (at most)."""
-        if self.method == "vote":
-            # k new votes of `window` must beat the old class's window - k by the hysteresis margin
-            return math.ceil(self._recent.maxlen * (1 + self.hysteresis) / 2 - 1e-9)
-        # ema of the new class 1 - (1 - a)^n must beat the old one's (1 - a)^n by the hysteresis margin
-        return (
-            max(1, math.ceil(math.log((1 - self.hysteresis) / 2) / math.log(1 - self.alpha))) if self.alpha < 1 else 1
-        )
+        if self.method == "vote":  # k new votes of `window` must beat the old class's window - k by the margin
+            return math.floor(self._recent.maxlen * (1 + self.hysteresis) / 2) + 1
+        if self.alpha >= 1:
+            return 1
+        # the new class's EMA 1 - (1 - a)^n must beat the old one's (1 - a)^n by the hysteresis margin
+        return math.floor(math.log((1 - self.hysteresis) / 2) / math.log(1 - self.alpha)) + 1
 
     def update(self, probs: np.ndarray) -> tuple[int, float]:
         probs = np.asarray(probs, np.float32)
