@@ -1,0 +1,147 @@
+"""A tiny random PaliGemma, built on the fly: a real `PaliGemmaConfig`, a Gemma-style BPE tokenizer trained with
+`tokenizers`, the real `PaliGemmaProcessor`; saved with `save_pretrained` so tests load it with `from_pretrained`.
+
+Used by tests/test_label*.py and bench/teacher.py. Nothing is downloaded. This module does not test anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Words the tokenizer learns. Class texts the tests use ("cat", "idle warning", ...) are whole words here, so
+# "idle" and "idle warning" share their first token; the prompt words make the question tokenise sensibly.
+_WORDS = [
+    "answer",
+    "en",
+    "which",
+    "of",
+    "these",
+    "best",
+    "describes",
+    "the",
+    "image",
+    ":",
+    ",",
+    "?",
+    "or",
+    "cat",
+    "dog",
+    "bird",
+    "idle",
+    "warning",
+    "running",
+    "stopped",
+    "machine",
+    "state",
+    "is",
+    "the",
+    "what",
+]
+IMAGE_SIZE = 32
+SEED = 2  # chosen so that answers spread over the classes (see build_tiny_paligemma)
+PATCH_SIZE = 8
+
+
+def train_tokenizer():
+    """A `GemmaTokenizer` whose vocab and merges were trained with `tokenizers` (Gemma's special tokens first)."""
+    import json
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import GemmaTokenizer
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    # Train on words that start at a "▁", so no merge spans a word boundary (like SentencePiece).
+    tok.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    corpus = [" ".join(_WORDS)] * 50 + [f"{w} {w}" for w in _WORDS for _ in range(20)]
+    corpus += ["abcdefghijklmnopqrstuvwxyz", "\n"]
+    trainer = trainers.BpeTrainer(vocab_size=260, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return GemmaTokenizer(vocab=model["vocab"], merges=merges)
+
+
+def build_tiny_paligemma(directory: str | Path, seed: int = SEED, init_std: float = 0.5) -> Path:
+    """Save a tiny random PaliGemma (model + processor) to `directory` and return it.
+
+    `init_std` is large on purpose: with the usual 0.02 a random model answers almost the same for every image,
+    which would make label tests meaningless. With `SEED` every class, "idle" and "idle warning" included, wins
+    for some random images (the tests assert this, so a change that makes them vacuous fails loudly).
+    """
+    import torch
+    from transformers import (
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessor,
+    )
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer()
+    seq_len = (IMAGE_SIZE // PATCH_SIZE) ** 2
+    image_processor = SiglipImageProcessor(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    image_processor.image_seq_length = seq_len
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    vocab = len(processor.tokenizer)
+    config = PaliGemmaConfig(
+        vision_config={
+            "model_type": "siglip_vision_model",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": IMAGE_SIZE,
+            "patch_size": PATCH_SIZE,
+            "vision_use_head": False,
+        },
+        text_config={
+            "model_type": "gemma",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            "vocab_size": vocab,
+            "initializer_range": init_std,
+        },
+        image_token_index=processor.image_token_id,
+        vocab_size=vocab,
+        projection_dim=32,
+        hidden_size=32,
+    )
+    config.text_config.initializer_range = init_std
+    config.initializer_range = init_std
+    torch.manual_seed(seed)
+    model = PaliGemmaForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.generation_config.bos_token_id = processor.tokenizer.bos_token_id
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+_BUILT: dict[tuple[str, int], Path] = {}
+
+
+def tiny_paligemma_dir(root: str | Path, seed: int = SEED) -> Path:
+    """Build the tiny model under `root` once per process (test modules share it) and return its folder."""
+    key = (str(root), seed)
+    if key not in _BUILT:
+        _BUILT[key] = build_tiny_paligemma(Path(root) / f"tiny-paligemma-{seed}", seed=seed)
+    return _BUILT[key]
+
+
+def tiny_config(model_dir: str | Path, classes: str = "cat,dog,bird", **overrides):
+    """A task config for the tiny model (CPU, offline)."""
+    from distill.config import load_config
+
+    flags = {"classes": classes, "teacher.model": str(model_dir), "teacher.local_files_only": True}
+    flags |= {"teacher.device": "cpu"} | overrides
+    return load_config(overrides=flags)
