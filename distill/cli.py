@@ -215,6 +215,72 @@ def serve(
 
 
 @command
+def label(
+    videos: VideosArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The label set folder.")] = Path("runs/labels"),
+    config: ConfigOpt = None,
+    classes: Annotated[
+        str | None, typer.Option("--classes", help="Comma-separated class names, e.g. idle,running.")
+    ] = None,
+    question: Annotated[
+        str | None, typer.Option("--question", help="The prompt; `{choices}` becomes the class texts.")
+    ] = None,
+    fps: FpsOpt = None,
+    dedup: DedupOpt = None,
+    max_frames: MaxFramesOpt = None,
+    teacher: Annotated[
+        str | None, typer.Option("--teacher", help="paligemma | annotations \\[default: paligemma].")
+    ] = None,
+    teacher_model: Annotated[
+        str | None, typer.Option("--teacher-model", help="PaliGemma hub id or local folder.")
+    ] = None,
+    annotations: Annotated[
+        Path | None, typer.Option("--annotations", help="Segments CSV video,start_s,end_s,label (annotations teacher).")
+    ] = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="constrained | generate \\[default: constrained].")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Frames per teacher call \\[default: 8].")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N \\[default: auto].")] = None,
+    local_files_only: Annotated[
+        bool, typer.Option("--local-files-only", help="Never contact the Hugging Face Hub (offline).")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start afresh if OUT holds labels from other classes or teacher.")
+    ] = False,
+    shard_rows: Annotated[
+        int,
+        typer.Option("--shard-rows", min=1, help="Frames per Parquet shard; a killed run redoes at most this many."),
+    ] = 512,
+) -> None:
+    """Label sampled frames with a teacher (PaliGemma or an annotations CSV); a rerun resumes where it stopped."""
+    from distill.label import run_label
+
+    if annotations is not None and teacher is None:
+        teacher = "annotations"
+    flags = {"classes": classes, "question": question, "sampling.fps": fps, "sampling.dedup": dedup}
+    flags |= {"sampling.max_frames_per_video": max_frames, "teacher.backend": teacher, "teacher.model": teacher_model}
+    flags |= {"teacher.annotations": str(annotations) if annotations else None, "teacher.mode": mode}
+    flags |= {"teacher.batch_size": batch_size, "teacher.device": device}
+    flags |= {"teacher.local_files_only": True if local_files_only else None}
+    cfg = load_task(config, **flags)
+    s = run_label(videos, out, cfg, overwrite=overwrite, show_progress=sys.stderr.isatty(), shard_rows=shard_rows)
+    per_class = ", ".join(f"{name} {s.per_class.get(name, 0)}" for name in cfg.class_names)
+    lines = [
+        f"labelled [bold]{s.frames_labelled}[/] frames in {s.seconds:.1f} s ({s.frames_per_s:.1f} frames/s) -> {out}",
+        f"label set: {s.total_frames} frames; {per_class}; unmatched {s.unmatched}",
+    ]
+    if s.frames_already_done or s.videos_already_done:
+        lines.append(f"resumed: {s.frames_already_done} frames and {s.videos_already_done} videos already done")
+    if s.skipped_uncovered:
+        lines.append(f"skipped {s.skipped_uncovered} frames no annotation segment covers")
+    if s.failures:
+        lines.append(f"{len(s.failures)} video(s) failed: " + "; ".join(f"{f.name}: {f.reason}" for f in s.failures))
+    for line in lines:
+        out_console.print(line, highlight=False, soft_wrap=True)
+
+
+@command
 def export(
     ckpt: Annotated[
         Path, typer.Argument(help="Student checkpoint, or the training run folder holding student.ckpt.")
