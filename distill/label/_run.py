@@ -27,7 +27,7 @@ import cv2
 
 from distill._progress import progress_bar
 from distill.config import SamplingConfig, TaskConfig, save_config
-from distill.dataset import LabelSetWriter
+from distill.dataset import MANIFEST, LabelSetWriter
 from distill.errors import TeacherError, VideoError
 from distill.label._teacher import Teacher, TeacherAnswer, build_teacher, describe_teacher, teacher_tag
 from distill.video import (
@@ -262,12 +262,15 @@ def run_label(
         reason = f" ({failures[0].name}: {failures[0].reason})" if failures else ""
         raise VideoError(f"no video found in {', '.join(map(str, inputs))}{reason}; pass video files or folders")
     description = teacher.describe() if teacher is not None else describe_teacher(cfg)
-    writer = LabelSetWriter(
-        out, cfg.class_names, description, config=cfg.to_dict(), shard_rows=shard_rows, overwrite=overwrite
-    )
-    save_config(cfg, out / "config.yaml")
+    opts = {"config": cfg.to_dict(), "shard_rows": shard_rows, "overwrite": overwrite}
+    writer = None
+    if (out / MANIFEST).exists() and not overwrite:  # resume, or refuse at once (before loading a model)
+        writer = LabelSetWriter(out, cfg.class_names, description, **opts)
     if teacher is None:
         teacher = build_teacher(cfg, annotations_root=annotations_root)
+    if writer is None:  # only now: a teacher that fails to load leaves no label set behind
+        writer = LabelSetWriter(out, cfg.class_names, teacher.describe(), **opts)
+    save_config(cfg, out / "config.yaml")
     finished = _finished_videos(writer, cfg.sampling)
     producer = _Producer(
         videos,
