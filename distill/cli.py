@@ -177,7 +177,9 @@ def serve(
     events: Annotated[str | None, typer.Option("--events", help="JSON-lines events file, `-` for stdout.")] = None,
     max_seconds: Annotated[float | None, typer.Option("--max-seconds", help="Stop after S seconds.")] = None,
     fast: Annotated[bool, typer.Option("--fast", help="Play files as fast as possible, every frame.")] = False,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads of the student.")] = None,
+    threads: Annotated[
+        int, typer.Option("--threads", help="CPU threads of the student; 1 leaves the other cores to decoding.")
+    ] = 1,
 ) -> None:
     """Classify live streams and files in real time; ask a teacher about unsure frames (`q` or Ctrl-C stops)."""
     from distill.export import Student
