@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from distill.export.metadata import write_metadata
-from distill.label._teacher import TeacherAnswer
+from distill.label import TeacherAnswer
 from distill.video import write_video
 
 CLASSES = ("red", "green", "blue")

@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_HARD_EXAMPLES = Path("runs/hard-examples")
 JOIN_TIMEOUT_S = 0.9
+# One ONNX Runtime thread: its pool spin-waits, and on a small CPU more threads take cores from decoding
+# (bench/serve.py: p95 capture-to-label latency 41-51 ms with ORT's default against 12-17 ms with one thread).
+STUDENT_THREADS = 1
 
 
 def run_serve(
@@ -62,7 +65,7 @@ def run_serve(
 
     Args:
         sources: camera indices, file paths and RTSP/HTTP URLs (or parsed `Source`s).
-        student: a `student.onnx` path, or a loaded `distill.export.Student`.
+        student: a `student.onnx` path (loaded with one CPU thread), or a loaded `distill.export.Student`.
         cfg: the task config; `cfg.serve` sets smoothing and fallback, `cfg.sampling.image_size` the stored
             hard-example size.
         teacher: asked about frames whose smoothed confidence is below `cfg.serve.fallback_threshold`.
@@ -120,7 +123,7 @@ def _load_student(student: str | os.PathLike[str] | StudentLike) -> StudentLike:
     if isinstance(student, (str, os.PathLike)):
         from distill.export import Student
 
-        return Student(student)
+        return Student(student, threads=STUDENT_THREADS)
     return student
 
 

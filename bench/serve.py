@@ -1,0 +1,207 @@
+"""Serving capacity: N concurrent 720p 25 fps file sources at native rate, and the cost of a slow teacher.
+
+For each N it reports whether every source is captured and classified at full rate (>= 95% of 25 fps) and the
+capture-to-label latency (p50/p95), then the largest N held with p95 < 50 ms (goal >= 4). Then it runs the
+same sources with a teacher that sleeps 1 s per frame (asked about every frame: threshold 1.0) against no
+teacher and reports the inference-fps ratio (goal >= 0.95), at native rate and with `--fast` (every frame,
+as fast as the machine goes: the more sensitive throughput figure). Ratios are measured in the same run.
+
+The student is mobilenetv3_small_100 (random weights: speed does not depend on them) exported through
+`distill.export.export_onnx`, unless `--student` names an exported `student.onnx`. Prints a table and
+writes bench/results/serve.json.
+
+    python bench/serve.py [--sources 1,2,4,6,8] [--seconds 8] [--student runs/student/student.onnx]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from distill.config import load_config
+from distill.export import Student
+from distill.realtime import run_serve
+from distill.video import encode_jpeg, resize_short_side, write_video
+
+CLASSES = ["idle", "running", "error"]
+FPS = 25.0
+
+
+def render(seconds: float, width: int, height: int):
+    """A camera-like 720p scene (texture + noise) with a moving box, so every frame decodes as a real one."""
+    rng = np.random.default_rng(0)
+    base = cv2.resize(rng.integers(0, 255, (height // 8, width // 8, 3), dtype=np.uint8), (width, height))
+    noise = [rng.integers(-4, 5, (height, width, 3), dtype=np.int16) for _ in range(6)]
+    for i in range(round(seconds * FPS)):
+        frame = np.clip(base + noise[i % len(noise)], 0, 255).astype(np.uint8)
+        x = (i * 9) % (width - 120)
+        cv2.rectangle(frame, (x, height // 3), (x + 120, height // 3 + 120), (0, 255, 255), -1)
+        yield frame
+
+
+def export_student(work: Path, clip: Path) -> Path:
+    """mobilenetv3_small_100 with random weights, saved as a student checkpoint and exported with export_onnx."""
+    import torch
+
+    from distill.dataset import LabelSetWriter
+    from distill.export import export_onnx
+    from distill.train import build_meta, create_student, save_student
+
+    torch.set_num_threads(2)
+    labels = work / "labels"
+    cap = cv2.VideoCapture(str(clip))
+    with LabelSetWriter(labels, CLASSES, {"backend": "bench"}) as writer:  # frames for the export parity check
+        for i in range(24):
+            ok, frame = cap.read()
+            if not ok:
+                break
+            probs = [0.0] * len(CLASSES)
+            probs[i % len(CLASSES)] = 1.0
+            writer.add(
+                {
+                    "video": f"v{i % 4}.mp4",
+                    "frame_index": i,
+                    "timestamp_s": i / FPS,
+                    "label": CLASSES[i % 3],
+                    "image": encode_jpeg(resize_short_side(frame, 320)),
+                    "probs": probs,
+                    "confidence": 1.0,
+                    "teacher": "bench",
+                    "raw": None,
+                }  # fmt: skip
+            )
+    cap.release()
+    meta = build_meta(CLASSES, "mobilenetv3_small_100", 224, label_set={"path": str(labels), "frames": 24})
+    ckpt = save_student(create_student(meta), meta, work / "student.ckpt")
+    export_onnx(ckpt, work / "student.onnx")
+    return work / "student.onnx"
+
+
+class SleepTeacher:
+    """A teacher that takes `sleep_s` seconds per call (a stand-in for a VLM on another device)."""
+
+    def __init__(self, sleep_s: float = 1.0) -> None:
+        self.classes = tuple(CLASSES)
+        self.sleep_s = sleep_s
+        self.calls = 0
+
+    def describe(self) -> dict:
+        return {"backend": "bench", "model": f"sleep-{self.sleep_s}s", "mode": "fixed", "prompt": None}
+
+    def label(self, images: list[np.ndarray]) -> list:
+        from distill.label import TeacherAnswer
+
+        time.sleep(self.sleep_s)
+        self.calls += 1
+        return [TeacherAnswer(CLASSES[0], np.array([1.0, 0.0, 0.0], np.float32), None) for _ in images]
+
+
+def serve_once(clip: Path, n: int, student: Student, seconds: float, *, teacher=None, fast=False) -> dict:
+    overrides = {"serve.fallback_threshold": 1.0, "serve.fallback_max_per_second": 10.0} if teacher else {}
+    summary = run_serve(
+        [clip] * n, student, load_config(overrides=overrides), teacher=teacher, max_seconds=seconds, fast=fast,
+        hard_examples=None,
+    )  # fmt: skip
+    per_source_fps = [s.frames_classified / summary.duration_s for s in summary.sources]
+    capture_fps = [s.frames_captured / summary.duration_s for s in summary.sources]
+    return {
+        "sources": n,
+        "fast": fast,
+        "teacher": teacher is not None,
+        "duration_s": summary.duration_s,
+        "inference_fps": summary.inference_fps,
+        "min_source_fps": round(min(per_source_fps), 2),
+        "min_capture_fps": round(min(capture_fps), 2),
+        "dropped": sum(s.frames_dropped for s in summary.sources),
+        "p50_ms": summary.latency_p50_ms,
+        "p95_ms": summary.latency_p95_ms,
+        "teacher_calls": summary.fallbacks_asked,
+        "held": min(per_source_fps) >= 0.95 * FPS and min(capture_fps) >= 0.95 * FPS,
+    }
+
+
+def teacher_ratios(clip: Path, n: int, student: Student, seconds: float, repeats: int, rows: list) -> dict:
+    """Median inference-fps ratio, 1 s/frame teacher against none, over interleaved pairs (native and fast)."""
+    ratios = {}
+    for fast in (False, True):
+        pairs = []
+        for _ in range(repeats):
+            base = serve_once(clip, n, student, seconds, fast=fast)
+            slow = serve_once(clip, n, student, seconds, teacher=SleepTeacher(1.0), fast=fast)
+            rows += [base, slow]
+            pairs.append(slow["inference_fps"] / base["inference_fps"])
+        ratios["fast" if fast else "native"] = round(float(np.median(pairs)), 3)
+    return ratios
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'sources':>7} {'mode':>6} {'teacher':>7} {'infer fps':>9} {'min src fps':>11} {'min cap fps':>11}"
+          f" {'dropped':>7} {'p50 ms':>7} {'p95 ms':>7} {'calls':>5} {'held':>5}")  # fmt: skip
+    for r in rows:
+        mode, teacher, held = (
+            "fast" if r["fast"] else "native",
+            "1 s" if r["teacher"] else "-",
+            "yes" if r["held"] else "no",
+        )
+        print(
+            f"{r['sources']:>7} {mode:>6} {teacher:>7} {r['inference_fps']:>9.1f} {r['min_source_fps']:>11.1f} "
+            f"{r['min_capture_fps']:>11.1f} {r['dropped']:>7} {r['p50_ms'] or 0:>7.1f} {r['p95_ms'] or 0:>7.1f} "
+            f"{r['teacher_calls']:>5} {held:>5}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sources", default="1,2,4,6,8", help="comma-separated numbers of concurrent sources")
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each serving run")
+    parser.add_argument("--student", type=Path, help="an exported student.onnx (default: export one)")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (0: ORT's default)")
+    parser.add_argument("--repeats", type=int, default=3, help="teacher / no-teacher pairs per mode")
+    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "serve.json")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        clip = write_video(work / "720p.mp4", render(args.seconds + 4, 1280, 720), FPS)
+        student_path = args.student or export_student(work, clip)
+        student = Student(student_path, threads=args.threads or None)
+        student.predict([np.zeros((720, 1280, 3), np.uint8)] * 4)  # warm-up
+        rows = [serve_once(clip, int(n), student, args.seconds) for n in args.sources.split(",")]
+        held = [r["sources"] for r in rows if r["held"] and r["p95_ms"] is not None and r["p95_ms"] < 50]
+        n_ratio = max(held) if held else 1
+        ratios = teacher_ratios(clip, n_ratio, student, args.seconds, args.repeats, rows)
+
+    name = str(args.student) if args.student else "mobilenetv3_small_100 (random weights) via export_onnx"
+    threads = args.threads or "ORT default"
+    print(f"\nstudent: {name}, {student.providers}, {threads} thread(s), {os.cpu_count()} CPU cores, "
+          f"load avg {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print_table(rows)
+    print(f"\nlargest N held at 25 fps with p95 < 50 ms: {max(held) if held else 0} (goal >= 4)")
+    print(f"inference fps with a 1 s/frame teacher / without, N={n_ratio}, median of {args.repeats}: "
+          f"native {ratios['native']}, fast {ratios['fast']} (goal >= 0.95)")  # fmt: skip
+    result = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg": os.getloadavg()},
+        "student": name,
+        "providers": student.providers,
+        "threads": args.threads or None,
+        "seconds": args.seconds,
+        "rows": rows,
+        "largest_n_held": max(held) if held else 0,
+        "teacher_ratio_n": n_ratio,
+        "teacher_fps_ratio": ratios,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2))
+    print(f"-> {args.json}")
+
+
+if __name__ == "__main__":
+    main()
