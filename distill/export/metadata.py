@@ -165,5 +165,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError, ValueError, ... depending on the damage
-        raise ExportError(f"{path} is not a readable ONNX file ({type(exc).__name__}); re-export it") from None
+        raise ExportError(f"{path} is not a readable ONNX model ({type(exc).__name__}); re-export it") from None
+    if not model.graph.node:  # protobuf parses empty or foreign bytes into an empty model
+        raise ExportError(f"{path} is not a readable ONNX model (no graph); re-export it with `distill export`")
     return props_to_meta({p.key: p.value for p in model.metadata_props}, path)

@@ -118,6 +118,30 @@ def _provider_options(providers: Sequence[str | tuple[str, dict[str, Any]]]) -> 
     return result
 
 
+_STATE = ort.capi.onnxruntime_pybind11_state
+_MODEL_ERRORS = (_STATE.InvalidProtobuf, _STATE.InvalidArgument, _STATE.InvalidGraph, _STATE.NoModel, _STATE.Fail)
+
+
+def _check_providers(providers: Sequence[str | tuple[str, dict[str, Any]]]) -> list[Any]:
+    """Unknown provider names are errors; known ones this onnxruntime build lacks are skipped with a warning."""
+    available = ort.get_available_providers()
+    kept = []
+    for provider in providers:
+        name = provider if isinstance(provider, str) else provider[0]
+        if name not in ort.get_all_providers():
+            raise ExportError(f"unknown ONNX Runtime provider {name!r}; this build has: {', '.join(available)}")
+        if name in available:
+            kept.append(provider)
+        else:
+            logger.warning("%s is not in this onnxruntime build; skipping it", name)
+    return kept or ["CPUExecutionProvider"]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
+
+
 def open_session(
     path: str | os.PathLike[str],
     providers: Sequence[str | tuple[str, dict[str, Any]]] | None = None,
@@ -127,18 +151,17 @@ def open_session(
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"{path} does not exist; export a student with `distill export CKPT --out {path}`")
-    wanted = list(providers) if providers is not None else default_providers()
+    wanted = _check_providers(providers) if providers is not None else default_providers()
     try:
         session = ort.InferenceSession(
             str(path), sess_options=session_options(threads), providers=_provider_options(wanted)
         )
-    except (ort.capi.onnxruntime_pybind11_state.InvalidProtobuf, ort.capi.onnxruntime_pybind11_state.Fail) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except _MODEL_ERRORS as exc:
         raise ExportError(
-            f"{path} is not a readable ONNX model ({first[:160]}); re-export it with `distill export`"
+            f"{path} is not a readable ONNX model ({_first_line(exc)}); re-export it with `distill export`"
         ) from None
-    except (ValueError, RuntimeError) as exc:  # unknown provider names, provider init failures
-        raise ExportError(f"cannot open {path} with providers {wanted}: {str(exc).splitlines()[0][:160]}") from None
+    except Exception as exc:  # unknown provider names, provider start-up failures
+        raise ExportError(f"cannot open {path} with providers {wanted}: {_first_line(exc)}") from None
     names = [p if isinstance(p, str) else p[0] for p in wanted]
     missing = [p for p in names if p in GPU_PROVIDERS and p not in session.get_providers()]
     if missing:
