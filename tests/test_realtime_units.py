@@ -159,7 +159,7 @@ def test_live_source_reconnects_with_backoff_and_masks_credentials(
         thread = threading.Thread(target=worker.run)
         thread.start()
         deadline = time.monotonic() + 5
-        while worker.stats.reconnects < 2 and time.monotonic() < deadline:
+        while (worker.stats.reconnects < 2 or worker.stats.frames < 9) and time.monotonic() < deadline:
             time.sleep(0.01)
         stop.set()
         thread.join(2)

@@ -100,10 +100,11 @@ def test_fallback_writes_hard_examples_that_load_labels_reads(tmp_path: Path, st
     assert any(e["by"] == "teacher" and e["label"] == "green" for e in labels)
 
     # a second run appends to the same set and never stores a frame twice
-    run_serve([clip], student, cfg, teacher=FixedTeacher("green"), hard_examples=hard)
+    again = run_serve([clip], student, cfg, teacher=FixedTeacher("green"), hard_examples=hard)
     table = read_table(hard, columns=["video", "frame_index"])
     keys = list(zip(table.column("video").to_pylist(), table.column("frame_index").to_pylist()))
-    assert len(keys) == len(set(keys)) > summary.hard_examples
+    assert len(keys) == len(set(keys)) == summary.hard_examples + again.hard_examples
+    assert again.hard_examples + again.hard_examples_skipped == again.teacher_answers  # seen before: skipped
 
 
 def test_slow_teacher_does_not_hold_up_inference(tmp_path: Path, student: Student) -> None:
@@ -175,6 +176,7 @@ def test_max_seconds_stops_and_joins_every_thread(tmp_path: Path, student: Stude
     assert summary.stopped_by == "max-seconds" and summary.threads_joined
     assert summary.shutdown_s < 1.0
     assert [s.status for s in summary.sources] == ["stopped", "stopped"]
+    assert [s.name for s in summary.sources] == [str(clip), f"{clip}#2"]  # one file twice: two names
 
 
 def test_teacher_with_other_classes_is_refused(tmp_path: Path, student: Student) -> None:
@@ -269,3 +271,19 @@ def test_signal_stops_the_cli_within_a_second(tmp_path: Path, student_path: Path
     assert joined_s < 1.0
     assert exited < 2.5, f"the process took {exited:.2f} s to exit after the signal"  # generous: a loaded machine
     assert np.isfinite(joined_s)
+
+
+def test_cli_serve_runs_without_torch(tmp_path: Path, student_path: Path) -> None:
+    clip = colour_clip(tmp_path / "rb.mp4", ["red", "blue"], seconds_each=0.4)
+    segments = tmp_path / "segments.csv"
+    segments.write_text("video,start_s,end_s,label\nrb.mp4,0,0.8,green\n")
+    blocked = "import sys\nfor name in ('torch', 'torchvision', 'timm', 'lightning', 'transformers'):\n"
+    blocked += "    sys.modules[name] = None  # any import of them now raises ImportError\n"
+    blocked += "from distill.cli import main\nmain()\n"
+    args = ["serve", "--source", str(clip), "--student", str(student_path), "--no-display", "--fast"]
+    args += ["--teacher", "annotations", "--annotations", str(segments), "--fallback-threshold", "1"]
+    args += ["--hard-examples", str(tmp_path / "hard"), "--events", str(tmp_path / "events.jsonl")]
+    result = subprocess.run([sys.executable, "-c", blocked, *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "stopped by end" in result.stdout
+    assert read_manifest(tmp_path / "hard")["counts"]["frames"] >= 1

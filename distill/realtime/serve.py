@@ -119,6 +119,15 @@ def annotations_root(sources: Sequence[str | int | Source]) -> Path | None:
     return None
 
 
+def _unique(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return out
+
+
 def _load_student(student: str | os.PathLike[str] | StudentLike) -> StudentLike:
     if isinstance(student, (str, os.PathLike)):
         from distill.export import Student
@@ -165,6 +174,8 @@ class _Run:
         self.captures = [
             CaptureWorker(i, s, self.frames[i], self.stop, self.wake, fast=fast) for i, s in enumerate(sources)
         ]
+        for capture, name in zip(self.captures, _unique([c.name for c in self.captures])):
+            capture.name = name  # the same file twice: `clip.mp4` and `clip.mp4#2` in logs and events
         self.states = [
             SourceState(
                 name=c.name,
@@ -305,6 +316,7 @@ class _Run:
             teacher_answers=fallback.answered if fallback else 0,
             teacher_errors=fallback.errors if fallback else 0,
             hard_examples=self.hard.written if self.hard else 0,
+            hard_examples_skipped=self.hard.skipped if self.hard else 0,
             hard_examples_dir=self.hard.directory if self.hard else None,
             stopped_by=self.stopped_by,
             shutdown_s=round(self.shutdown_s, 3),

@@ -120,6 +120,7 @@ class DisplaySink:
         image = render_overlay(shown, fps)
         if number not in self._opened:
             cv2.namedWindow(self.windows[number], cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
+            cv2.moveWindow(self.windows[number], 40 * number, 40 * number)  # cascade, so none hides another
             self._opened.add(number)
         cv2.imshow(self.windows[number], image)
         self.last[number] = image

@@ -39,6 +39,7 @@ class ServeSummary:
     teacher_answers: int = 0
     teacher_errors: int = 0
     hard_examples: int = 0
+    hard_examples_skipped: int = 0  # answered frames the folder already held (same video and frame index)
     hard_examples_dir: Path | None = None
     stopped_by: str = "end"  # end | signal | quit | max-seconds
     shutdown_s: float = 0.0  # from the stop request until every thread was joined
