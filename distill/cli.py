@@ -182,8 +182,10 @@ def serve(
     ] = 1,
 ) -> None:
     """Classify live streams and files in real time; ask a teacher about unsure frames (`q` or Ctrl-C stops)."""
+    from distill.realtime import run_serve  # first: distill.video quiets OpenCV's logging before cv2 loads
+
+    # isort: split
     from distill.export import Student
-    from distill.realtime import run_serve
     from distill.realtime.serve import annotations_root, teacher_config
 
     flags = {"teacher.backend": teacher, "teacher.model": teacher_model}

@@ -4,6 +4,9 @@
 needs OpenCV, numpy and ONNX Runtime only, never torch; a PaliGemma teacher brings torch with it.
 """
 
+import distill.video  # noqa: F401  (first: it sets OpenCV's log level before cv2 loads)
+
+# isort: split
 from distill.realtime.fallback import FallbackWorker, Teacher, Verdict
 from distill.realtime.hard_examples import HardExamples
 from distill.realtime.serve import DEFAULT_HARD_EXAMPLES, ServeSummary, SourceSummary, run_serve
