@@ -19,7 +19,7 @@ SHARED_PREFIX = "idle,idle warning,running,stopped"
 
 @pytest.fixture(scope="module", autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # tiny matmuls: a second thread only waits on the shared cores
 
 
 @pytest.fixture(scope="session")
@@ -124,7 +124,10 @@ def test_probs_equal_k_separate_teacher_forced_forwards(teachers):
             seq = torch.cat([inputs["input_ids"], suffix], 1)
             types = torch.cat([inputs["token_type_ids"], torch.ones_like(suffix)], 1)
             logits = teacher.model(
-                input_ids=seq, pixel_values=inputs["pixel_values"], token_type_ids=types, attention_mask=torch.ones_like(seq)
+                input_ids=seq,
+                pixel_values=inputs["pixel_values"],
+                token_type_ids=types,
+                attention_mask=torch.ones_like(seq),
             ).logits
             lp = logits[:, p - 1 : -1].float().log_softmax(-1).gather(2, suffix[..., None])[..., 0]
             scores.append(lp.sum(1))
@@ -157,7 +160,9 @@ def test_generate_mode_on_the_real_model_returns_raw_text(teachers):
     teacher = teachers(ONE_TOKEN, "generate")
     answers = teacher.label(images(3))
     assert all(a.raw is not None and (a.label is None or a.label in teacher.classes) for a in answers)
-    assert all(a.label == (None if match_class(a.raw, teacher.classes, teacher.texts) is None else a.label) for a in answers)
+    assert all(
+        a.label == (None if match_class(a.raw, teacher.classes, teacher.texts) is None else a.label) for a in answers
+    )
 
 
 def test_describe_holds_the_exact_prompt(teachers):
@@ -182,7 +187,10 @@ def test_unknown_characters_in_a_class_text_are_refused(tiny_model):
 @pytest.mark.parametrize(
     ("question", "expected"),
     [
-        ("which of these best describes the image: {choices}?", "answer en which of these best describes the image: a, b or c?"),
+        (
+            "which of these best describes the image: {choices}?",
+            "answer en which of these best describes the image: a, b or c?",
+        ),
         ("what is the machine doing?", "answer en what is the machine doing?"),
         ("answer fr quel état ? {choices}", "answer fr quel état ? a, b or c"),
     ],
@@ -193,7 +201,16 @@ def test_build_prompt(question, expected):
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("Idle", 0), (" idle.\n", 0), ("Idle-Warning!", 1), ("idle warning", 1), ("idl", None), ("", None), ("the idle", None), ("RUN", 2)],
+    [
+        ("Idle", 0),
+        (" idle.\n", 0),
+        ("Idle-Warning!", 1),
+        ("idle warning", 1),
+        ("idl", None),
+        ("", None),
+        ("the idle", None),
+        ("RUN", 2),
+    ],
 )
 def test_match_class_is_exact_after_normalising(raw, expected):
     assert match_class(raw, ["idle", "idle warning", "run"], ["idle", "idle warning", "running machine"]) == expected

@@ -115,9 +115,9 @@ class PaliGemmaTeacher:
 
     def model_inputs(self, images: list[np.ndarray]) -> dict[str, torch.Tensor]:
         """Model inputs for a batch of RGB uint8 images: the shared prompt ids and the images' pixel values."""
-        pixels = self.processor.image_processor(
-            images=list(images), return_tensors="pt", input_data_format="channels_last"
-        )
+        processor = self.processor.image_processor
+        on_device = {"device": self.device} if getattr(processor, "backend", None) == "torchvision" else {}
+        pixels = processor(images=list(images), return_tensors="pt", input_data_format="channels_last", **on_device)
         ids = self.prefix_ids.expand(len(images), -1)
         return {
             "input_ids": ids,

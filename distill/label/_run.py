@@ -144,13 +144,7 @@ class _Producer:
                     batch = _Batch()
             if len(self.failures) == failed:
                 batch.videos_done.append((video.name, size))
-        if (
-            batch.meta
-            or batch.videos_done
-            or batch.already_done
-            or self.stats.frames_kept + self.stats.duplicates > self._counted
-        ):
-            self._send(batch)
+        self._send(batch)  # the rest (possibly empty: it still carries progress and finished videos)
 
     def _add(self, batch: _Batch, frame: Frame) -> None:
         small = resize_short_side(frame.image, self.sampling.image_size)
@@ -261,16 +255,7 @@ def run_label(
     if not videos:
         reason = f" ({failures[0].name}: {failures[0].reason})" if failures else ""
         raise VideoError(f"no video found in {', '.join(map(str, inputs))}{reason}; pass video files or folders")
-    description = teacher.describe() if teacher is not None else describe_teacher(cfg)
-    opts = {"config": cfg.to_dict(), "shard_rows": shard_rows, "overwrite": overwrite}
-    writer = None
-    if (out / MANIFEST).exists() and not overwrite:  # resume, or refuse at once (before loading a model)
-        writer = LabelSetWriter(out, cfg.class_names, description, **opts)
-    if teacher is None:
-        teacher = build_teacher(cfg, annotations_root=annotations_root)
-    if writer is None:  # only now: a teacher that fails to load leaves no label set behind
-        writer = LabelSetWriter(out, cfg.class_names, teacher.describe(), **opts)
-    save_config(cfg, out / "config.yaml")
+    writer, teacher = _open(out, cfg, teacher, overwrite, shard_rows, annotations_root)
     finished = _finished_videos(writer, cfg.sampling)
     producer = _Producer(
         videos,
@@ -287,25 +272,50 @@ def run_label(
     with writer, progress_bar("labelling", total=_expected_samples(todo, cfg.sampling), enabled=show_progress) as bar:
         producer.thread.start()
         try:
-            pending = _loop(teacher, producer, writer, finished, summary, bar, tag=teacher_tag(description))
+            pending = _loop(teacher, producer, writer, finished, summary, bar, tag=teacher_tag(teacher.describe()))
         finally:
             producer.stop.set()
             producer.thread.join(timeout=10)
     finished.update(pending)  # the writer has flushed their last rows
     summary.seconds = time.perf_counter() - start
+    _finish(summary, producer, writer, finished)
+    if summary.stats.videos == 0 and summary.videos_already_done == 0:
+        raise VideoError(f"no video could be sampled from {', '.join(map(str, inputs))}; see the warnings above")
+    return summary
+
+
+def _open(
+    out: Path,
+    cfg: TaskConfig,
+    teacher: Teacher | None,
+    overwrite: bool,
+    shard_rows: int,
+    annotations_root: str | os.PathLike[str] | None,
+) -> tuple[LabelSetWriter, Teacher]:
+    """Open the label set and build the teacher, in the order that fails fastest and leaves no debris."""
+    description = teacher.describe() if teacher is not None else describe_teacher(cfg)
+    opts = {"config": cfg.to_dict(), "shard_rows": shard_rows, "overwrite": overwrite}
+    writer = None
+    if (out / MANIFEST).exists() and not overwrite:  # resume, or refuse at once (before loading a model)
+        writer = LabelSetWriter(out, cfg.class_names, description, **opts)
+    if teacher is None:
+        teacher = build_teacher(cfg, annotations_root=annotations_root)
+    if writer is None:  # only now: a teacher that fails to load leaves no label set behind
+        writer = LabelSetWriter(out, cfg.class_names, teacher.describe(), **opts)
+    save_config(cfg, out / "config.yaml")
+    return writer, teacher
+
+
+def _finish(summary: LabelSummary, producer: _Producer, writer: LabelSetWriter, finished: dict[str, int]) -> None:
+    """Fill the summary from the producer and the manifest; record finished videos and run statistics."""
     summary.failures += producer.failures
     summary.videos_already_done = producer.videos_already_done
     summary.batch_size = producer.batch_size
     counts = writer.manifest["counts"]
-    summary.total_frames, summary.per_class, summary.unmatched = (
-        counts["frames"],
-        dict(counts["per_class"]),
-        counts["unmatched"],
-    )
-    writer.update(finished={"sampling": dataclasses.asdict(cfg.sampling), "videos": finished}, run=_run_record(summary))
-    if summary.stats.videos == 0 and summary.videos_already_done == 0:
-        raise VideoError(f"no video could be sampled from {', '.join(map(str, inputs))}; see the warnings above")
-    return summary
+    summary.total_frames, summary.unmatched = counts["frames"], counts["unmatched"]
+    summary.per_class = dict(counts["per_class"])
+    state = {"sampling": dataclasses.asdict(producer.sampling), "videos": finished}
+    writer.update(finished=state, run=_run_record(summary))
 
 
 def _loop(
