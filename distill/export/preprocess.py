@@ -2,8 +2,8 @@
 
 One `cv2.resize` per frame, straight into a preallocated uint8 batch (the "squash" policy: the whole frame
 resized to `image_size x image_size`, no crop, so nothing at the frame edge is lost), then one vectorised
-pass per batch that flips BGR to RGB, transposes to NCHW and normalises with the student's mean/std into a
-preallocated float32 array. `Student`, the export parity gate and INT8 calibration all use this class, so
+pass per batch that splits the channels, flips BGR to RGB, lays them out as NCHW and normalises with the
+student's mean/std into a preallocated float32 array. `Student`, the export parity gate and INT8 calibration all use this class, so
 the exported model is checked on exactly the pixels it will see in production.
 
 Example:
@@ -87,10 +87,13 @@ class Preprocessor:
 
     def normalise(self, pixels: np.ndarray) -> np.ndarray:
         """(B, S, S, 3) BGR uint8 -> (B, 3, S, S) float32 normalised model input (a reused view)."""
-        _, tensor = self._buffers(len(pixels))
+        n, size = len(pixels), self.image_size
+        _, tensor = self._buffers(n)
+        # one de-interleave of the whole batch (seen as one tall image), then per channel one contiguous
+        # multiply-add over all B planes; ~2x faster than reading the interleaved channels with a stride
+        planes = cv2.split(np.ascontiguousarray(pixels).reshape(n * size, size, 3))  # 3 x (B*S, S) uint8
         for c, src in enumerate(self._source):
-            # one strided read of the batch per channel, written contiguously into the NCHW plane
-            np.multiply(pixels[..., src], self._scale[0, c, 0, 0], out=tensor[:, c])
+            np.multiply(planes[src].reshape(n, size, size), self._scale[0, c, 0, 0], out=tensor[:, c])
             tensor[:, c] += self._bias[0, c, 0, 0]
         return tensor
 

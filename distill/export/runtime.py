@@ -93,7 +93,8 @@ def default_providers() -> list[str]:
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """Session options: full graph optimisation; `threads` caps intra-op threads (None: ORT's default)."""
+    """Session options: full graph optimisation, no spin-waiting; `threads` caps intra-op threads (None: ORT's
+    default, one per physical core)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -103,6 +104,10 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only; provider fallbacks are reported through logging instead
+    # Idle worker threads sleep instead of spinning: a student shares its cores with video decoding and
+    # preprocessing, and spinning threads slowed the whole Student.predict loop (bench/student.py).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return options
 
 

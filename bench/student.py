@@ -1,0 +1,198 @@
+"""Student throughput on 720p BGR frames: `Student` end to end vs the raw ONNX Runtime session vs PyTorch eager.
+
+For each timm model (random weights, pretrained=False; speed does not depend on the weights) at 224 px:
+export to ONNX as `distill export` does (dynamo, opset 20, metadata; no parity gate, since there is no label
+set), make a static INT8 (QDQ) copy calibrated on synthetic frames, then measure frames/s at batch 1 and 16:
+
+- `student`  : `Student.predict(frames)` on 720p BGR uint8 frames (resize + normalise + run + softmax)
+- `session`  : `session.run` on a ready (B, 3, 224, 224) float32 tensor (the model alone)
+- `eager`    : PyTorch fp32 eager end to end on the same frames: per-frame cv2 resize + BGR->RGB, normalise in
+               torch, `model(x)` under `inference_mode` (what one would run without `distill export`)
+
+Ratios are taken within one run: `student/session` (goal >= 0.7: preprocessing costs little) and
+`student/eager` (goal >= 5x). The three are measured in interleaved rounds and the median round is reported,
+so load from other processes hits them alike. Threads: the same number for ONNX Runtime and torch.
+
+Usage:
+    .venv/bin/python bench/student.py [--quick] [--threads 2] [--models a,b] [--out bench/results/student.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+MODELS = ["mobilenetv3_small_100", "mobilenetv3_large_100", "efficientnet_b0", "resnet18"]
+CLASSES = ["idle", "running", "error", "maintenance"]
+SIZE = 224
+
+
+def synthetic_frames(n: int, seed: int = 0) -> list[np.ndarray]:
+    """720p BGR frames with noise and a few blocks, all different (no cache effects)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        img = rng.integers(0, 255, (720, 1280, 3), dtype=np.uint8)
+        for _ in range(4):
+            y, x = rng.integers(0, 600), rng.integers(0, 1100)
+            img[y : y + 120, x : x + 180] = rng.integers(0, 255, 3)
+        frames.append(img)
+    return frames
+
+
+def build(name: str, workdir: Path, calibration: list[np.ndarray]):
+    """(torch model, meta, fp32 path, int8 path) for one timm model."""
+    import onnx
+    import timm
+
+    from distill.export.metadata import write_metadata
+    from distill.export.onnx_export import INPUT_NAME, export_graph
+    from distill.export.preprocess import Preprocessor
+    from distill.export.quantize import batches, quantize_int8
+    from distill.train import build_meta
+
+    model = timm.create_model(name, pretrained=False, num_classes=len(CLASSES)).eval()
+    meta = build_meta(CLASSES, name, SIZE, teacher={"backend": "bench"}, label_set={})
+    fp32 = workdir / f"{name}.onnx"
+    proto = export_graph(model, SIZE)
+    write_metadata(proto, {**meta, "precision": "fp32"})
+    onnx.save(proto, str(fp32))
+    int8 = workdir / f"{name}.int8.onnx"
+    prep = Preprocessor(SIZE, meta["mean"], meta["std"])
+    quantize_int8(fp32, int8, list(batches(prep, calibration)), INPUT_NAME)
+    qproto = onnx.load(str(int8))
+    write_metadata(qproto, {**meta, "precision": "int8"})
+    onnx.save(qproto, str(int8))
+    return model, meta, fp32, int8
+
+
+def eager_fn(model, meta):
+    import torch
+
+    mean = torch.tensor(meta["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(meta["std"]).view(1, 3, 1, 1)
+
+    def run(frames):
+        rgb = [
+            cv2.cvtColor(cv2.resize(f, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB) for f in frames
+        ]
+        with torch.inference_mode():
+            x = torch.from_numpy(np.stack(rgb)).permute(0, 3, 1, 2).float().div_(255).sub_(mean).div_(std)
+            return torch.softmax(model(x), 1).numpy()
+
+    return run
+
+
+def fps(fn, arg, batch: int, iters: int) -> float:
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn(arg)
+    return batch * iters / (time.perf_counter() - start)
+
+
+def measure(methods: dict, batch: int, iters: int, rounds: int) -> dict[str, float]:
+    """Median frames/s of each method over interleaved rounds (after one warm-up call each)."""
+    for fn, arg in methods.values():
+        fn(arg)
+        fn(arg)
+    results: dict[str, list[float]] = {k: [] for k in methods}
+    for _ in range(rounds):
+        for key, (fn, arg) in methods.items():
+            results[key].append(fps(fn, arg, batch, iters))
+    return {k: statistics.median(v) for k, v in results.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (a rough table in a few minutes)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads for ONNX Runtime and torch")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "student.json")
+    args = parser.parse_args()
+
+    import onnxruntime as ort
+    import torch
+
+    from distill.export import Student
+
+    torch.set_num_threads(args.threads)
+    frames = synthetic_frames(16 if args.quick else 32)
+    calibration = synthetic_frames(16, seed=1)
+    rounds = 3 if args.quick else 7
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="distill-bench-") as tmp:
+        for name in args.models.split(","):
+            model, meta, fp32, int8 = build(name, Path(tmp), calibration)
+            eager = eager_fn(model, meta)
+            students = {p: Student(path, providers=["CPUExecutionProvider"], threads=args.threads) for p, path in
+                        (("fp32", fp32), ("int8", int8))}  # fmt: skip
+            for batch in (int(b) for b in args.batches.split(",")):
+                iters = max(1, (8 if args.quick else 24) // batch) if batch > 1 else (10 if args.quick else 40)
+                chunk = frames[:batch]
+                for precision, student in students.items():
+                    tensor = student.preprocessor(chunk).copy()
+                    session = student.session
+                    feeds = {student.input_name: tensor}
+                    methods = {
+                        "student": (lambda f, s=student: s.predict(f, batch_size=None), chunk),
+                        "session": (lambda t, s=session: s.run(None, t), feeds),
+                        "eager": (eager, chunk),
+                    }
+                    got = measure(methods, batch, iters, rounds)
+                    row = {
+                        "model": name,
+                        "precision": precision,
+                        "batch": batch,
+                        **{k: round(v, 1) for k, v in got.items()},
+                    }
+                    row["student/session"] = round(got["student"] / got["session"], 3)
+                    row["student/eager"] = round(got["student"] / got["eager"], 2)
+                    rows.append(row)
+                    print(_fmt(row), flush=True)
+    env = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_threads": args.threads,
+        "onnxruntime": ort.__version__,
+        "torch": torch.__version__,
+        "providers": ["CPUExecutionProvider"],
+        "quick": args.quick,
+        "rounds": rounds,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")
+    print()
+    print(table(rows))
+    print(f"\nwrote {args.out}")
+
+
+HEADER = ["model", "precision", "batch", "student", "session", "eager", "student/session", "student/eager"]
+
+
+def _fmt(row: dict) -> str:
+    return "  ".join(f"{k}={row[k]}" for k in HEADER)
+
+
+def table(rows: list[dict]) -> str:
+    """A Markdown table (frames/s; ratios of Student to the session and to PyTorch eager)."""
+    head = ["model", "prec", "batch", "Student fps", "session fps", "eager fps", "Student/session", "Student/eager"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["model"], r["precision"], r["batch"], r["student"], r["session"], r["eager"]]
+        cells += [f"{r['student/session']:.2f}", f"{r['student/eager']:.1f}x"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
