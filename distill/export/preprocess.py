@@ -3,8 +3,9 @@
 One `cv2.resize` per frame, straight into a preallocated uint8 batch (the "squash" policy: the whole frame
 resized to `image_size x image_size`, no crop, so nothing at the frame edge is lost), then one vectorised
 pass per batch that splits the channels, flips BGR to RGB, lays them out as NCHW and normalises with the
-student's mean/std into a preallocated float32 array. `Student`, the export parity gate and INT8 calibration all use this class, so
-the exported model is checked on exactly the pixels it will see in production.
+student's mean/std into a preallocated float32 array. `Student`, the export parity gate and INT8
+calibration all use this class, so the exported model is checked on exactly the pixels it will see in
+production.
 
 Example:
     >>> prep = Preprocessor(224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
