@@ -170,6 +170,9 @@ def _is_oom(exc: BaseException) -> bool:
 
 def _answer(teacher: Teacher, inputs: list[Any], producer: _Producer) -> list[TeacherAnswer | None]:
     """Ask the teacher; on CUDA out-of-memory halve the batch (for this and later batches) and retry."""
+    size = producer.batch_size
+    if len(inputs) > size:  # batched before an out-of-memory error lowered the size
+        return [a for i in range(0, len(inputs), size) for a in _answer(teacher, inputs[i : i + size], producer)]
     try:
         if hasattr(teacher, "label_frames"):
             return list(teacher.label_frames(inputs))  # type: ignore[attr-defined]
@@ -240,7 +243,8 @@ def run_label(
         cfg: the task config (classes, question, sampling, teacher).
         shard_rows: frames per shard; a killed run redoes at most this many.
         teacher: an already built teacher (default: `build_teacher(cfg)`).
-        annotations_root: passed to `build_teacher` for the annotations teacher.
+        annotations_root: passed to `build_teacher` for the annotations teacher (default: the input folder,
+            when `inputs` is one folder).
 
     Raises:
         VideoError: no input is a readable video. TeacherError, DatasetError, ConfigError: one line each.
@@ -255,6 +259,8 @@ def run_label(
     if not videos:
         reason = f" ({failures[0].name}: {failures[0].reason})" if failures else ""
         raise VideoError(f"no video found in {', '.join(map(str, inputs))}{reason}; pass video files or folders")
+    if annotations_root is None and len(inputs) == 1 and Path(inputs[0]).is_dir():
+        annotations_root = inputs[0]  # CSV paths given with the folder (absolute or as typed) still match
     writer, teacher = _open(out, cfg, teacher, overwrite, shard_rows, annotations_root)
     finished = _finished_videos(writer, cfg.sampling)
     producer = _Producer(

@@ -40,6 +40,8 @@ class Segment:
 def normalize_video_name(name: str, root: str | os.PathLike[str] | None = None) -> str:
     """The name a CSV video is matched under: POSIX separators, no leading `./`, relative to `root` if under it."""
     text = name.strip().replace("\\", "/")
+    while text.startswith("./"):
+        text = text[2:]
     if root is not None:
         root_text = Path(root).as_posix().rstrip("/") + "/"
         if text.startswith(root_text):
@@ -49,8 +51,6 @@ def normalize_video_name(name: str, root: str | os.PathLike[str] | None = None) 
                 text = Path(text).resolve().relative_to(Path(root).resolve()).as_posix()
             except ValueError:
                 pass
-    while text.startswith("./"):
-        text = text[2:]
     return str(PurePosixPath(text)) if text else text
 
 
