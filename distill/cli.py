@@ -322,6 +322,148 @@ def export(
         out_console.print(line, highlight=False, soft_wrap=True)
 
 
+# --- compare and demo (issue 7) -------------------------------------------------------------------------------
+
+
+def _print_compare(report: Any) -> None:
+    """The comparison summary: a table (student vs teacher), the headline sentences, where the report is."""
+    from rich.table import Table
+
+    from distill.evaluate.report import headline, summary_rows
+
+    m = report.metrics
+    title = f"student vs teacher on {m['frames']} frames of {len(m['videos'])} video(s)"
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("student", justify="right")
+    table.add_column("teacher", justify="right")
+    for row in summary_rows(m):
+        table.add_row(*row)
+    out_console.print(table)
+    for line in headline(m):
+        out_console.print(line, highlight=False, markup=False, soft_wrap=True)
+    skipped = {k: v for k, v in (m.get("frames_skipped") or {}).items() if v}
+    if skipped:
+        out_console.print(f"frames left out: {skipped}", highlight=False, markup=False)
+    out_console.print(
+        f"report: {report.files['report.html']} (also report.md, metrics.json and the PNG plots in {report.out_dir})",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+@command
+def compare(
+    labels: Annotated[
+        Path, typer.Argument(help="Label set to compare on: its held-out videos, or every frame with --all.")
+    ] = Path("runs/labels"),
+    student: Annotated[Path, typer.Option("--student", help="The exported student.")] = Path(
+        "runs/student/student.onnx"
+    ),
+    truth: Annotated[
+        Path | None, typer.Option("--truth", help="Ground-truth segments CSV video,start_s,end_s,label.")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for report.html, report.md, metrics.json, plots.")
+    ] = Path("runs/report"),
+    all_frames: Annotated[
+        bool, typer.Option("--all", help="Every frame of LABELS (a label set of other videos), not only held-out ones.")
+    ] = False,
+    teacher: Annotated[
+        str | None,
+        typer.Option("--teacher", help="Run this teacher here (paligemma | annotations): its answers and speed."),
+    ] = None,
+    teacher_model: Annotated[str | None, typer.Option("--teacher-model", help="PaliGemma hub id or folder.")] = None,
+    annotations: Annotated[
+        Path | None, typer.Option("--annotations", help="Segments CSV for --teacher annotations.")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Frames per teacher call.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="Teacher device: auto | cpu | cuda | cuda:N.")] = None,
+    config: ConfigOpt = None,
+    target: Annotated[
+        float,
+        typer.Option("--target-agreement", min=0.0, max=1.0, help="Agreement the recommended threshold must reach."),
+    ] = 0.98,
+) -> None:
+    """Student vs teacher (and ground truth): accuracy, agreement, calibration, speed, fallback threshold; a report."""
+    from distill.evaluate import run_compare
+
+    teacher_cfg = None
+    if teacher is not None or annotations is not None:  # the teacher runs here; its config starts from the label set's
+        saved = labels / "config.yaml"
+        flags = {"teacher.backend": teacher or "annotations", "teacher.model": teacher_model}
+        flags |= {"teacher.annotations": str(annotations) if annotations else None}
+        flags |= {"teacher.batch_size": batch_size, "teacher.device": device}
+        teacher_cfg = load_task(config or (saved if saved.is_file() else None), **flags).require_classes()
+    report = run_compare(
+        labels,
+        out,
+        student_path=student,
+        truth_csv=truth,
+        teacher_cfg=teacher_cfg,
+        held_out_only=not all_frames,
+        target_agreement=target,
+        show_progress=sys.stderr.isatty(),
+    )
+    _print_compare(report)
+
+
+@command
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo makes.")] = Path("runs/demo"),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A smaller scenario and student (about a minute; for CI).")
+    ] = False,
+) -> None:
+    """The whole path on generated videos, on a CPU in minutes: render, label, train, export, compare, serve."""
+    from distill.demo.pipeline import paligemma_command, run_demo
+
+    def stage(name: str, detail: str) -> None:
+        out_console.print(f"[bold green]done[/] {name:<8} {detail}", highlight=False, soft_wrap=True)
+        if name == "label":
+            out_console.print(
+                "         [yellow]note:[/] the demo's teacher is the annotations teacher (a CSV standing in for a "
+                "vision-language model), so it runs offline in minutes. A real run labels with PaliGemma:\n"
+                f"         {paligemma_command(out / 'videos', out)}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    out_console.print(f"distill demo{' --quick' if quick else ''}: rendering machine-state videos into {out} ...")
+    r = run_demo(out, quick=quick, show_progress=sys.stderr.isatty(), on_stage=stage)
+    _print_compare(r.compare)
+    s = r.serve
+    out_console.print(
+        f"served {r.served_video.name} (held out) headless for {s.duration_s:.1f} s: {s.frames_classified} frames, "
+        f"{s.inference_fps:.0f} frames/s -> {r.events}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    timing = ", ".join(f"{k} {v:.0f} s" for k, v in r.seconds.items())
+    where = [
+        ("videos + ground truth", f"{r.scenario.video_dir}/ ({r.scenario.truth_csv.name})"),
+        ("task config", str(r.config)),
+        ("label set", str(r.labels)),
+        ("student", f"{r.onnx} (checkpoint, metrics and splits in {r.student_dir})"),
+        ("report", str(r.report_dir / "report.html")),
+        ("events", str(r.events)),
+    ]
+    out_console.print(f"\n[bold]where everything is[/] ({timing}):")
+    for name, path in where:
+        out_console.print(f"  {name:<22} {path}", highlight=False, soft_wrap=True)
+    held_out = r.served_video
+    nxt = [
+        f"distill serve --source {held_out} --student {r.onnx}",
+        f"distill compare {r.labels} --student {r.onnx} --truth {r.scenario.truth_csv} --out {r.report_dir}",
+        f"distill label YOUR_VIDEOS/ --config {r.config} --teacher paligemma --out runs/labels",
+        "distill train runs/labels --out runs/student",
+    ]
+    out_console.print("[bold]next[/]: watch it live, compare again, then do the same on your own videos:")
+    for line in nxt:
+        out_console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="distill")

@@ -161,8 +161,9 @@ class _Look:
 
 
 def _random_look(rng: np.random.Generator) -> _Look:
-    wall = tuple(int(v) for v in rng.integers(90, 170, 3))
-    body = tuple(int(v) for v in rng.integers(95, 150, 3))
+    # factory colours: greys and beiges with a slight tint, so colour means lamp or screen, not machine
+    wall = tuple(int(v) for v in np.clip(rng.integers(90, 170) + rng.integers(-14, 15, 3), 0, 255))
+    body = tuple(int(v) for v in np.clip(rng.integers(100, 160) + rng.integers(-10, 11, 3), 0, 255))
     return _Look(
         dx=float(rng.uniform(-0.08, 0.08)),
         dy=float(rng.uniform(-0.06, 0.06)),

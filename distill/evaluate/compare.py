@@ -34,6 +34,7 @@ from distill.dataset import read_manifest, read_table, split_by_video
 from distill.errors import DatasetError
 from distill.evaluate.metrics import DEFAULT_TARGET_AGREEMENT, comparison_metrics, latency_stats
 from distill.evaluate.report import write_report
+from distill.video import Frame
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +60,21 @@ class _Frames:
     """The frames under evaluation, in label-set order."""
 
     videos: list[str]
+    frame_index: list[int]
     timestamps: np.ndarray
     images: list[np.ndarray]  # BGR
     teacher: list[str]
     teacher_confidence: np.ndarray
     truth: list[str] | None
     skipped: dict[str, int]
+
+    def subset(self, keep: Sequence[bool]) -> _Frames:
+        idx = [i for i, k in enumerate(keep) if k]
+        return _Frames(
+            [self.videos[i] for i in idx], [self.frame_index[i] for i in idx], self.timestamps[idx],
+            [self.images[i] for i in idx], [self.teacher[i] for i in idx], self.teacher_confidence[idx],
+            [self.truth[i] for i in idx] if self.truth is not None else None, dict(self.skipped),
+        )  # fmt: skip
 
 
 def run_compare(
@@ -111,7 +121,7 @@ def run_compare(
     frames = _load_frames(labels_dir, classes, split["videos"] if split else None, truth_csv)
     teacher_info = _teacher_info(manifest)
     if teacher_cfg is not None:
-        teacher_info = _run_teacher(teacher_cfg, frames, classes, show_progress)
+        frames, teacher_info = _run_teacher(teacher_cfg, frames, classes, show_progress)
     with progress_bar("student", total=len(frames.images), enabled=show_progress) as bar:
         pred = student.predict(frames.images, batch_size=THROUGHPUT_BATCH)
         bar.advance(len(frames.images))
@@ -147,14 +157,22 @@ def held_out_videos(labels_dir: Path, student_path: Path, manifest: dict[str, An
 
     Looked up in order: `splits.json` next to the student (written by `distill train`), then the split that
     `distill.dataset.split_by_video` gives with the training config saved next to the student (`config.yaml`),
-    then with the label set's config. Raises `DatasetError` when the label set has a single video.
+    then with the label set's config.
+
+    Raises:
+        DatasetError: the label set has a single video, or the student was trained on one video split in time
+            blocks (its held-out frames are interleaved with training frames; compare on other videos instead).
     """
     names = sorted(set(read_table(labels_dir, columns=["video"]).column("video").to_pylist()))
     splits = student_path.parent / "splits.json"
     if splits.is_file():
         data = json.loads(splits.read_text(encoding="utf-8"))
-        val = data.get("val") or data.get("val_videos") or []
-        videos = sorted(set(val) & set(names))
+        if data.get("mode", "by-video") != "by-video":
+            raise DatasetError(
+                f"{splits}: the student was trained on one video split in time blocks, so no whole video was held "
+                "out; label other videos and compare on them with --all"
+            )
+        videos = sorted(set((data.get("videos") or {}).get("val") or []) & set(names))
         if videos:
             return {"videos": videos, "source": str(splits)}
         logger.warning("%s lists no video of this label set; recomputing the split", splits)
@@ -179,7 +197,7 @@ def _train_config(student_path: Path, manifest: dict[str, Any]) -> tuple[dict[st
 
 
 def _load_frames(labels_dir: Path, classes: list[str], videos: Sequence[str] | None, truth_csv: Any) -> _Frames:
-    table = read_table(labels_dir, columns=["video", "timestamp_s", "image", "label", "confidence"])
+    table = read_table(labels_dir, columns=["video", "frame_index", "timestamp_s", "image", "label", "confidence"])
     video_col = table.column("video").to_pylist()
     keep = [i for i, v in enumerate(video_col) if videos is None or v in set(videos)]
     labels = table.column("label").to_pylist()
@@ -197,11 +215,12 @@ def _load_frames(labels_dir: Path, classes: list[str], videos: Sequence[str] | N
             f"no frame of {labels_dir} can be evaluated (skipped: {skipped}); check the videos and --truth"
         )
     images_col, conf_col = table.column("image"), table.column("confidence").to_pylist()
+    index_col = table.column("frame_index").to_pylist()
     images = [cv2.imdecode(np.frombuffer(images_col[i].as_py(), np.uint8), cv2.IMREAD_COLOR) for i in keep]
     if any(img is None for img in images):
         raise DatasetError(f"{labels_dir} holds an unreadable JPEG; label the videos again")
     return _Frames(
-        [video_col[i] for i in keep], times[keep], images, [labels[i] for i in keep],
+        [video_col[i] for i in keep], [index_col[i] for i in keep], times[keep], images, [labels[i] for i in keep],
         np.asarray([1.0 if conf_col[i] is None else conf_col[i] for i in keep], np.float64), truth, skipped,
     )  # fmt: skip
 
@@ -210,13 +229,8 @@ def _truth_labels(truth_csv: Any, videos: list[str], times: np.ndarray, classes:
     """The ground-truth label of each frame (None where no segment covers it)."""
     from distill.label.annotations import label_at, read_segments
 
-    segments = read_segments(truth_csv)
+    segments = read_segments(truth_csv, classes)
     out = [label_at(segments, v, float(t)) for v, t in zip(videos, times)]
-    unknown = sorted({t for t in out if t is not None and t not in classes})
-    if unknown:
-        raise DatasetError(
-            f"{truth_csv} uses label {unknown[0]!r}, which is not a class ({', '.join(classes)}); fix the CSV"
-        )
     if videos and all(t is None for t in out):
         raise DatasetError(
             f"no segment of {truth_csv} covers a compared frame; its video names must match the label set's "
@@ -266,12 +280,15 @@ def _teacher_info(manifest: dict[str, Any]) -> dict[str, Any]:
     """Name and recorded cost of the teacher that labelled the set (from its manifest)."""
     desc = dict(manifest.get("teacher") or {})
     info: dict[str, Any] = {"name": _teacher_name(desc), "backend": desc.get("backend")}
-    stats = desc.get("stats") or manifest.get("stats") or {}
-    spf = stats.get("seconds_per_frame")
+    run = manifest.get("run") or {}
     if desc.get("backend") == "annotations":
         info["cost_note"] = "the annotations teacher reads a file; a real run would use a VLM teacher"
-    elif spf:
-        info.update(throughput_fps=1.0 / float(spf), latency_ms_p50=None, cost_source="recorded by `distill label`")
+    elif run.get("frames_labelled") and run.get("frames_per_s"):
+        info.update(
+            throughput_fps=float(run["frames_per_s"]),
+            batch_size=run.get("batch_size"),
+            cost_source="recorded by `distill label`",
+        )
     else:
         info["cost_note"] = "the label set records no teacher cost; pass --teacher to measure it here"
     return info
@@ -283,6 +300,54 @@ def _teacher_name(desc: dict[str, Any]) -> str:
     return f"{backend} ({model})" if model and backend != "annotations" else str(backend)
 
 
-def _run_teacher(cfg: Any, frames: _Frames, classes: list[str], show_progress: bool) -> dict[str, Any]:
-    """Label the frames with the configured teacher, timing it; its answers replace the label set's."""
-    raise NotImplementedError
+def _run_teacher(cfg: Any, frames: _Frames, classes: list[str], show_progress: bool) -> tuple[_Frames, dict[str, Any]]:
+    """Label the frames with the configured teacher, timing it; its answers replace the label set's.
+
+    Throughput is timed over batches of `cfg.teacher.batch_size`; latency over up to 5 single-frame calls.
+    """
+    from distill.label import build_teacher
+
+    teacher = build_teacher(cfg)
+    if sorted(teacher.classes) != sorted(classes):
+        raise DatasetError(f"--teacher classes {list(teacher.classes)} differ from the label set's {classes}")
+
+    def ask(idx: Sequence[int]) -> list[Any]:
+        if hasattr(teacher, "label_frames"):  # the annotations teacher looks frames up by video and time
+            items = [
+                Frame(frames.videos[i], frames.frame_index[i], float(frames.timestamps[i]), frames.images[i])
+                for i in idx
+            ]
+            return list(teacher.label_frames(items))
+        return list(teacher.label([cv2.cvtColor(frames.images[i], cv2.COLOR_BGR2RGB) for i in idx]))
+
+    n, step = len(frames.images), cfg.teacher.batch_size
+    ask([0])  # warm-up: first calls allocate, compile, fill caches
+    answers: list[Any] = []
+    start = time.perf_counter()
+    with progress_bar("teacher", total=n, enabled=show_progress) as bar:
+        for i in range(0, n, step):
+            answers += ask(range(i, min(i + step, n)))
+            bar.advance(min(step, n - i))
+    batched = time.perf_counter() - start
+    single = []
+    for i in range(min(5, n)):
+        t0 = time.perf_counter()
+        ask([i])
+        single.append(time.perf_counter() - t0)
+    frames.teacher = [a.label if a is not None and a.label is not None else "" for a in answers]
+    frames.teacher_confidence = np.asarray([a.confidence if a is not None else 0.0 for a in answers], np.float64)
+    ok = [bool(label) for label in frames.teacher]
+    frames = frames.subset(ok)
+    frames.skipped["teacher_unmatched"] += n - sum(ok)
+    if not frames.images:
+        raise DatasetError("the teacher labelled none of the compared frames; check --teacher and its options")
+    desc, one = teacher.describe(), latency_stats(single)
+    return frames, {
+        "name": _teacher_name(desc),
+        "backend": desc.get("backend"),
+        "latency_ms_p50": one["latency_ms_p50"],
+        "latency_ms_p95": one["latency_ms_p95"],
+        "throughput_fps": n / batched if batched > 0 else None,
+        "batch_size": step,
+        "cost_source": "measured here",
+    }
