@@ -322,6 +322,89 @@ def export(
         out_console.print(line, highlight=False, soft_wrap=True)
 
 
+@command
+def train(
+    labels: Annotated[Path, typer.Argument(help="The label set `distill label` wrote.")] = Path("runs/labels"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the checkpoint, figures, student.onnx.")] = Path(
+        "runs/student"
+    ),
+    config: ConfigOpt = None,
+    student: Annotated[
+        str | None, typer.Option("--student", help="Any timm model name \\[default: mobilenetv3_small_100].")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs \\[default: 15].")] = None,
+    image_size: Annotated[
+        int | None, typer.Option("--image-size", help="Square input size of the student \\[default: 224].")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Frames per step \\[default: 64].")] = None,
+    soft: Annotated[
+        bool | None,
+        typer.Option("--soft/--hard", help="Learn the teacher's distributions, or only its labels \\[default: soft]."),
+    ] = None,
+    pretrained: Annotated[
+        bool | None,
+        typer.Option("--pretrained/--no-pretrained", help="Start from timm's pretrained weights \\[default: on]."),
+    ] = None,
+    extra: Annotated[
+        list[Path] | None, typer.Option("--extra", help="More label sets (e.g. hard examples), training only.")
+    ] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue from a checkpoint (last.ckpt).")] = None,
+    accelerator: Annotated[str, typer.Option("--accelerator", help="auto | cpu | gpu | ... (Lightning).")] = "auto",
+    devices: Annotated[str, typer.Option("--devices", help="auto, a count, or ids like 0,1 (Lightning).")] = "auto",
+    precision: Annotated[
+        str | None, typer.Option("--precision", help="32-true | 16-mixed | bf16-mixed (default: bf16 on GPU).")
+    ] = None,
+) -> None:
+    """Train a student (timm) on a label set; writes the best checkpoint, metrics.json and student.onnx."""
+    from distill.train import run_train
+
+    flags = {"student.model": student, "student.image_size": image_size, "student.pretrained": pretrained}
+    flags |= {"train.epochs": epochs, "train.batch_size": batch_size, "train.soft": soft}
+    cfg = load_task(config, **flags)
+    dev: str | int = int(devices) if devices.isdigit() else devices
+    s = run_train(
+        labels, out, cfg, extra=extra or (), accelerator=accelerator, devices=dev, precision=precision,
+        resume=resume, show_progress=sys.stderr.isatty(), report=_print_train_report,
+    )  # fmt: skip
+    m = s.metrics
+    if not m:  # a DDP rank other than 0
+        return
+    lines = [
+        f"trained [bold]{s.model}[/] for {s.epochs} epochs ({'soft' if s.soft else 'hard'} targets"
+        f"{', class-balanced' if s.balanced else ''}) in {s.seconds:.0f} s; best epoch {s.best_epoch}",
+        f"val ({m['frames']} frames): agreement with the teacher [bold]{m['agreement']:.3f}[/], "
+        f"accuracy vs its labels {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}",
+        f"-> {s.checkpoint}" + (f", {s.onnx}" if s.onnx else "") + f", {out / 'metrics.json'}",
+    ]
+    for line in lines:
+        out_console.print(line, highlight=False, soft_wrap=True)
+
+
+def _print_train_report(kind: str, data: dict[str, Any]) -> None:
+    """Print the label audit and the split counts as `distill train` learns them."""
+    if kind == "audit":
+        per_class = ", ".join(f"{name} {n}" for name, n in data["classes"].items())
+        f, lc = data["flicker"], data["low_confidence"]
+        low = f"{lc['share']:.1%}" if lc["share"] is not None else "n/a"
+        out_console.print(
+            f"labels: {data['labelled']} frames ({per_class}); unmatched {data['unmatched']}; "
+            f"flicker {f['share']:.1%} of {f['pairs']} close pairs; confidence < {lc['threshold']}: {low}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        for warning in data["warnings"]:
+            err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    elif kind == "splits":
+        c = data["counts"]
+        extra = f" (+{c['train']['extra_frames']} from --extra)" if c["train"]["extra_frames"] else ""
+        out_console.print(
+            f"split {data['mode']}: train {c['train']['frames']} frames{extra} / {c['train']['videos']} videos, "
+            f"val {c['val']['frames']} frames / {c['val']['videos']} videos",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 # --- compare and demo (issue 7) -------------------------------------------------------------------------------
 
 

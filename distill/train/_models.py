@@ -107,16 +107,26 @@ def _reachable(host: str, port: int = 443) -> bool:
         return False
 
 
+def check_min_size(name: str, image_size: int) -> None:
+    """Raise `TrainError` if `image_size` is below the minimum input size timm records for `name`."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is not None and cfg.min_input_size and image_size < cfg.min_input_size[-1]:
+        raise TrainError(
+            f"image size {image_size} is too small for {name} (min {cfg.min_input_size[-1]}); "
+            f"try --image-size {cfg.input_size[-1]}"
+        )
+
+
 def check_input_size(model: nn.Module, name: str, image_size: int) -> None:
     """Run one tiny forward pass at `image_size`; raise `TrainError` if the model cannot take it."""
     import torch
     from timm.models import get_pretrained_cfg
 
+    check_min_size(name, image_size)
     cfg = get_pretrained_cfg(name)
     default = cfg.input_size[-1] if cfg is not None else 224
-    minimum = cfg.min_input_size[-1] if cfg is not None and cfg.min_input_size else None
-    if minimum is not None and image_size < minimum:
-        raise TrainError(f"image size {image_size} is too small for {name} (min {minimum}); try --image-size {default}")
     was_training = model.training
     model.eval()
     try:
