@@ -38,7 +38,8 @@ _WORDS = [
     "what",
 ]
 IMAGE_SIZE = 32
-SEED = 2  # chosen so that answers spread over the classes (see build_tiny_paligemma)
+# (seed, init std) per decoder, chosen so that answers spread over the classes (see build_tiny_paligemma)
+RANDOM_INIT = {"gemma": (2, 0.5), "gemma2": (3, 0.25)}
 PATCH_SIZE = 8
 
 
@@ -63,12 +64,18 @@ def train_tokenizer():
     return GemmaTokenizer(vocab=model["vocab"], merges=merges)
 
 
-def build_tiny_paligemma(directory: str | Path, seed: int = SEED, init_std: float = 0.5) -> Path:
+def build_tiny_paligemma(
+    directory: str | Path, seed: int | None = None, init_std: float | None = None, text_model: str = "gemma"
+) -> Path:
     """Save a tiny random PaliGemma (model + processor) to `directory` and return it.
 
+    `text_model="gemma2"` builds a PaliGemma 2 (Gemma 2 decoder: attention and final logit soft-capping,
+    alternating sliding-window layers, with a window of 8 tokens so that it matters at this size).
+
     `init_std` is large on purpose: with the usual 0.02 a random model answers almost the same for every image,
-    which would make label tests meaningless. With `SEED` every class, "idle" and "idle warning" included, wins
-    for some random images (the tests assert this, so a change that makes them vacuous fails loudly).
+    which would make label tests meaningless. With `RANDOM_INIT[text_model]` (the default) answers spread over the
+    classes ("idle" and "idle warning" both win for some images with Gemma; "idle warning" with Gemma 2); the
+    tests assert this, so a change that makes them vacuous fails loudly.
     """
     import torch
     from transformers import (
@@ -78,6 +85,7 @@ def build_tiny_paligemma(directory: str | Path, seed: int = SEED, init_std: floa
         SiglipImageProcessor,
     )
 
+    init_std = RANDOM_INIT[text_model][1] if init_std is None else init_std
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer()
@@ -100,7 +108,6 @@ def build_tiny_paligemma(directory: str | Path, seed: int = SEED, init_std: floa
             "vision_use_head": False,
         },
         text_config={
-            "model_type": "gemma",
             "hidden_size": 32,
             "intermediate_size": 64,
             "num_hidden_layers": 2,
@@ -109,7 +116,8 @@ def build_tiny_paligemma(directory: str | Path, seed: int = SEED, init_std: floa
             "head_dim": 16,
             "vocab_size": vocab,
             "initializer_range": init_std,
-        },
+        }
+        | _GEMMA2[text_model],
         image_token_index=processor.image_token_id,
         vocab_size=vocab,
         projection_dim=32,
@@ -117,7 +125,7 @@ def build_tiny_paligemma(directory: str | Path, seed: int = SEED, init_std: floa
     )
     config.text_config.initializer_range = init_std
     config.initializer_range = init_std
-    torch.manual_seed(seed)
+    torch.manual_seed(RANDOM_INIT[text_model][0] if seed is None else seed)
     model = PaliGemmaForConditionalGeneration(config).eval()
     model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
@@ -127,14 +135,24 @@ def build_tiny_paligemma(directory: str | Path, seed: int = SEED, init_std: floa
     return directory
 
 
-_BUILT: dict[tuple[str, int], Path] = {}
+_GEMMA2 = {
+    "gemma": {"model_type": "gemma"},
+    "gemma2": {
+        "model_type": "gemma2",
+        "attn_logit_softcapping": 50.0,
+        "final_logit_softcapping": 30.0,
+        "sliding_window": 8,
+        "query_pre_attn_scalar": 16,
+    },
+}
+_BUILT: dict[tuple[str, str], Path] = {}
 
 
-def tiny_paligemma_dir(root: str | Path, seed: int = SEED) -> Path:
+def tiny_paligemma_dir(root: str | Path, text_model: str = "gemma") -> Path:
     """Build the tiny model under `root` once per process (test modules share it) and return its folder."""
-    key = (str(root), seed)
+    key = (str(root), text_model)
     if key not in _BUILT:
-        _BUILT[key] = build_tiny_paligemma(Path(root) / f"tiny-paligemma-{seed}", seed=seed)
+        _BUILT[key] = build_tiny_paligemma(Path(root) / f"tiny-paligemma-{text_model}", text_model=text_model)
     return _BUILT[key]
 
 

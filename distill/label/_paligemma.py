@@ -136,34 +136,70 @@ class PaliGemmaTeacher:
 
     # --- constrained --------------------------------------------------------------------------------------
 
-    def _tree_inputs(self) -> dict[str, torch.Tensor]:
-        """Token ids, positions and the 4D attention mask of the trie nodes placed after the P prompt tokens."""
-        p, n = self.prefix_ids.shape[1], self.trie.num_nodes - 1
-        mask = torch.ones(1, 1, n, p + n, dtype=torch.bool)
-        mask[0, 0, :, p:] = torch.from_numpy(self.trie.ancestor_mask())  # causal along each class path only
-        if self.model.config._attn_implementation == "eager":  # eager adds the mask to the scores
-            mask = torch.zeros(mask.shape, dtype=self.model.dtype).masked_fill(~mask, torch.finfo(self.model.dtype).min)
+    def _tree_inputs(self) -> dict[str, Any]:
+        """Token ids and positions of the trie nodes placed after the P prompt tokens (masks: `_tree_masks`)."""
+        p = self.prefix_ids.shape[1]
+        depth = torch.from_numpy(self.trie.depth[1:])
         return {
             "ids": torch.from_numpy(self.trie.tokens[1:])[None].to(self.device),
             # PaliGemma positions are 1-indexed: the prompt holds 1..P, a node at depth d sits at P + d.
-            "positions": torch.from_numpy(p + self.trie.depth[1:])[None].to(self.device),
-            "mask": mask.to(self.device),
+            "positions": (p + depth)[None].to(self.device),
+            "query": p - 1 + depth,  # the sequence index each node would have in a normal decode
+            "ancestors": torch.from_numpy(self.trie.ancestor_mask()),  # (N-1, N-1): causal along each path only
             "slots": torch.from_numpy(np.maximum(self.trie.slot_tokens, 0)).to(self.device),  # (N, A)
+            "masks": {},  # built on first use, per number of cached prefix keys in sliding-window layers
         }
+
+    def _tree_masks(self, cache: Any) -> dict[str, torch.Tensor]:
+        """4D masks (1, 1, N-1, cached keys + N-1) of the trie nodes for each layer type, as generate would see.
+
+        Full-attention layers see the whole prompt; PaliGemma 2's sliding-window layers cache only the last
+        `window - 1` prompt keys, and a node sees those within `window` of its own sequence index.
+        """
+        tree, p = self._tree, self.prefix_ids.shape[1]
+        text = self.model.config.get_text_config()
+        sliding = "sliding_attention" in (getattr(text, "layer_types", None) or [])
+        layer = next((x for x in getattr(cache, "layers", []) if getattr(x, "is_sliding", False)), None)
+        kept = int(layer.keys.shape[-2]) if sliding and layer is not None else p
+        if kept not in tree["masks"]:
+            n = tree["ancestors"].shape[0]
+            masks = {"full_attention": torch.cat([torch.ones(n, p, dtype=torch.bool), tree["ancestors"]], 1)}
+            if sliding:
+                q, window = tree["query"], text.sliding_window
+                keys = torch.cat([torch.arange(p - kept, p), q])
+                allowed = torch.cat([torch.ones(n, kept, dtype=torch.bool), tree["ancestors"]], 1)
+                masks["sliding_attention"] = allowed & (q[:, None] - keys[None, :] < window)
+            for kind, mask in masks.items():
+                if text._attn_implementation == "eager":  # eager adds the mask to the scores
+                    lowest = torch.finfo(self.model.dtype).min
+                    mask = torch.zeros(mask.shape, dtype=self.model.dtype).masked_fill(~mask, lowest)
+                masks[kind] = mask[None, None].to(self.device)
+            tree["masks"][kept] = masks
+        return tree["masks"][kept]
+
+    def _node_logits(self, b: int, cache: Any) -> torch.Tensor:
+        """(B, N-1, V) next-token logits at every trie node: one forward of the decoder on the cached prefix."""
+        tree = self._tree
+        n = tree["ids"].shape[1]
+        masks = {kind: m.expand(b, -1, -1, -1) for kind, m in self._tree_masks(cache).items()}
+        # The decoder itself, not PaliGemma's forward, so that each layer type gets its own mask.
+        hidden = self.model.model.language_model(
+            input_ids=tree["ids"].expand(b, n),
+            position_ids=tree["positions"].expand(b, n),
+            attention_mask=masks if len(masks) > 1 else masks["full_attention"],
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+        logits = self.model.lm_head(hidden)
+        cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
 
     def _constrained(self, inputs: dict[str, torch.Tensor]) -> list[TeacherAnswer]:
         b = inputs["input_ids"].shape[0]
         tree = self._tree
         out = self.model(**inputs, use_cache=True, logits_to_keep=1)  # the one shared prefill
         root = out.logits[:, -1].float().log_softmax(-1)  # (B, V)
-        n = tree["ids"].shape[1]
-        nodes = self.model(
-            input_ids=tree["ids"].expand(b, n),
-            position_ids=tree["positions"].expand(b, n),
-            attention_mask=tree["mask"].expand(b, -1, -1, -1),
-            past_key_values=out.past_key_values,
-            use_cache=True,
-        ).logits  # (B, N-1, V) next-token logits at every trie node
+        nodes = self._node_logits(b, out.past_key_values)  # (B, N-1, V)
         slot_lp = torch.cat(
             [root.gather(1, tree["slots"][0].expand(b, -1))[:, None], _slot_logprobs(nodes, tree["slots"][1:])], 1
         )
@@ -231,8 +267,17 @@ def _load_error(source: str, exc: Exception, local_only: bool) -> str:
     )
 
 
+def _attention(config: Any) -> str:
+    """SDPA, except for decoders with attention soft-capping (Gemma 2, i.e. PaliGemma 2), which SDPA cannot do."""
+    if getattr(config.get_text_config(), "attn_logit_softcapping", None) is not None:
+        logger.info("the decoder caps attention logits (PaliGemma 2), which SDPA cannot do: using eager attention")
+        return "eager"
+    return "sdpa"
+
+
 def load_paligemma(cfg: TaskConfig) -> PaliGemmaTeacher:
-    """Load `cfg.teacher.model` (hub id or local folder): bf16 on GPU, fp32 on CPU, SDPA, no remote code.
+    """Load `cfg.teacher.model` (hub id or local folder): bf16 on GPU, fp32 on CPU, SDPA attention (eager for
+    PaliGemma 2, whose soft-capped attention SDPA cannot compute), no remote code.
 
     Raises:
         TeacherError: a missing folder, weights that are gated or not cached offline, a model that is not
@@ -258,7 +303,7 @@ def load_paligemma(cfg: TaskConfig) -> PaliGemmaTeacher:
             )
         processor = PaliGemmaProcessor.from_pretrained(source, **opts)
         model = PaliGemmaForConditionalGeneration.from_pretrained(
-            source, config=config, dtype=dtype, attn_implementation="sdpa", **opts
+            source, config=config, dtype=dtype, attn_implementation=_attention(config), **opts
         )
     except (OSError, ValueError) as exc:
         raise TeacherError(_load_error(t.model, exc, t.local_files_only)) from None
