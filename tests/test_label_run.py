@@ -53,7 +53,7 @@ def dominant(jpeg: bytes) -> str:
 
 def test_annotations_teacher_labels_a_generated_video_exactly(tmp_path):
     videos, csv = annotated_clip(tmp_path)
-    summary = run_label([videos], tmp_path / "labels", annotations_config(csv))
+    summary = run_label([videos], tmp_path / "labels", annotations_config(csv), show_progress=True)
     rows = read_table(tmp_path / "labels").to_pylist()
     assert len(rows) == 25 and summary.frames_labelled == 25  # 0.0, 0.2, ... 4.8 s
     assert summary.skipped_uncovered == 5  # 5.0 ... 5.8 s: no segment
