@@ -98,8 +98,7 @@ class PaliGemmaTeacher:
         self.max_new_tokens = cfg.teacher.max_new_tokens
         self.prompt = build_prompt(cfg)
         self._description = describe_teacher(cfg)
-        size = processor.image_processor.size
-        self.input_size = int(max(size.height or 0, size.width or 0)) or None
+        self.input_size = _input_side(processor.image_processor)
         tok = processor.tokenizer
         side = self.input_size or 224
         dummy = processor(
@@ -229,6 +228,13 @@ class PaliGemmaTeacher:
                 TeacherAnswer(None if k is None else self.classes[k], one_hot(k, len(self.classes)), raw.strip())
             )
         return answers
+
+
+def _input_side(image_processor: Any) -> int | None:
+    """The square side the image processor resizes to (224, 448, 896 for PaliGemma), if it says."""
+    size = getattr(image_processor, "size", None) or {}
+    get = size.get if isinstance(size, dict) else lambda key: getattr(size, key, None)
+    return int(max(get("height") or 0, get("width") or 0)) or None
 
 
 def _slot_logprobs(logits: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
