@@ -109,6 +109,7 @@ def test_rerun_skips_finished_videos_without_opening_them(tmp_path, monkeypatch)
     monkeypatch.setattr(run_module, "sample_videos", recording)
     second = run_label([videos], tmp_path / "labels", cfg)
     assert opened == [] and second.videos_already_done == 2 and second.frames_labelled == 0
+    assert read_manifest(tmp_path / "labels")["run"]["frames_labelled"] == 25  # the first run's cost is kept
     assert second.total_frames == first.total_frames == 25
     # a different fps samples other frames: finished videos are opened again, stored frames are kept
     third = run_label([videos], tmp_path / "labels", annotations_config(csv, **{"sampling.fps": 10}))

@@ -321,7 +321,10 @@ def _finish(summary: LabelSummary, producer: _Producer, writer: LabelSetWriter, 
     summary.total_frames, summary.unmatched = counts["frames"], counts["unmatched"]
     summary.per_class = dict(counts["per_class"])
     state = {"sampling": dataclasses.asdict(producer.sampling), "videos": finished}
-    writer.update(finished=state, run=_run_record(summary))
+    if summary.frames_labelled or "run" not in writer.manifest:  # a no-op rerun keeps the real run's cost
+        writer.update(finished=state, run=_run_record(summary))
+    else:
+        writer.update(finished=state)
 
 
 def _loop(
