@@ -11,10 +11,12 @@ set), make a static INT8 (QDQ) copy calibrated on synthetic frames, then measure
 
 Ratios are taken within one run: `student/session` (goal >= 0.7: preprocessing costs little) and
 `student/eager` (goal >= 5x). The three are measured in interleaved rounds and the median round is reported,
-so load from other processes hits them alike. Threads: the same number for ONNX Runtime and torch.
+so load from other processes hits them alike. Threads: the same number for ONNX Runtime and torch, 1 by
+default (on a 2-core machine shared with other jobs, 2 threads per library made torch's OpenMP pool stall
+badly under load and the figures meaningless); pass `--threads N` on a dedicated machine.
 
 Usage:
-    .venv/bin/python bench/student.py [--quick] [--threads 2] [--models a,b] [--out bench/results/student.json]
+    .venv/bin/python bench/student.py [--quick] [--threads 1] [--models a,b] [--out bench/results/student.json]
 """
 
 from __future__ import annotations
@@ -92,29 +94,31 @@ def eager_fn(model, meta):
     return run
 
 
-def fps(fn, arg, batch: int, iters: int) -> float:
-    start = time.perf_counter()
-    for _ in range(iters):
+def fps(fn, arg, batch: int, seconds: float) -> float:
+    """Frames/s of `fn(arg)` called repeatedly for at least `seconds` (at least twice)."""
+    calls, start = 0, time.perf_counter()
+    while calls < 2 or time.perf_counter() - start < seconds:
         fn(arg)
-    return batch * iters / (time.perf_counter() - start)
+        calls += 1
+    return batch * calls / (time.perf_counter() - start)
 
 
-def measure(methods: dict, batch: int, iters: int, rounds: int) -> dict[str, float]:
-    """Median frames/s of each method over interleaved rounds (after one warm-up call each)."""
+def measure(methods: dict, batch: int, seconds: float, rounds: int) -> dict[str, float]:
+    """Median frames/s of each method over interleaved rounds (after two warm-up calls each)."""
     for fn, arg in methods.values():
         fn(arg)
         fn(arg)
     results: dict[str, list[float]] = {k: [] for k in methods}
     for _ in range(rounds):
         for key, (fn, arg) in methods.items():
-            results[key].append(fps(fn, arg, batch, iters))
+            results[key].append(fps(fn, arg, batch, seconds))
     return {k: statistics.median(v) for k, v in results.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a rough table in a few minutes)")
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads for ONNX Runtime and torch")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads for ONNX Runtime and torch")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "student.json")
@@ -126,9 +130,9 @@ def main() -> None:
     from distill.export import Student
 
     torch.set_num_threads(args.threads)
-    frames = synthetic_frames(16 if args.quick else 32)
+    frames = synthetic_frames(16)
     calibration = synthetic_frames(16, seed=1)
-    rounds = 3 if args.quick else 7
+    rounds, seconds = (3, 0.3) if args.quick else (5, 1.0)
     rows = []
     with tempfile.TemporaryDirectory(prefix="distill-bench-") as tmp:
         for name in args.models.split(","):
@@ -137,7 +141,6 @@ def main() -> None:
             students = {p: Student(path, providers=["CPUExecutionProvider"], threads=args.threads) for p, path in
                         (("fp32", fp32), ("int8", int8))}  # fmt: skip
             for batch in (int(b) for b in args.batches.split(",")):
-                iters = max(1, (8 if args.quick else 24) // batch) if batch > 1 else (10 if args.quick else 40)
                 chunk = frames[:batch]
                 for precision, student in students.items():
                     tensor = student.preprocessor(chunk).copy()
@@ -148,7 +151,7 @@ def main() -> None:
                         "session": (lambda t, s=session: s.run(None, t), feeds),
                         "eager": (eager, chunk),
                     }
-                    got = measure(methods, batch, iters, rounds)
+                    got = measure(methods, batch, seconds, rounds)
                     row = {
                         "model": name,
                         "precision": precision,
@@ -168,6 +171,7 @@ def main() -> None:
         "providers": ["CPUExecutionProvider"],
         "quick": args.quick,
         "rounds": rounds,
+        "seconds_per_round": seconds,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")

@@ -159,6 +159,8 @@ def check_frames(
     videos = table.column("video").to_pylist()
     found = _split_config(meta, ckpt_path)
     split = _split_rows(train_set, videos, found) if found is not None else None
+    if split is not None and not split[0]:
+        split = None  # an empty val split: fall back to every frame rather than check nothing
     if split is None:
         logger.info("val split of %s not recoverable; checking on all of its frames", train_set)
         check_idx = train_idx = list(range(len(videos)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +195,8 @@ class Student:
             usable, else CPU (`default_providers()`).
         threads: intra-op threads (None: ONNX Runtime's default, one per physical core).
 
+    `predict` may be called from several threads; calls are serialised (they share preprocessing buffers).
+
     Raises:
         ExportError: the file is missing, damaged, or not a distill student.
     """
@@ -214,6 +217,7 @@ class Student:
             raise ExportError(f"{self.path} must have one image input; re-export it with `distill export`")
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
+        self._lock = threading.Lock()  # the preprocessor's buffers are reused between calls
         self.preprocessor = Preprocessor(
             self.image_size,
             self.meta["mean"],
@@ -244,7 +248,8 @@ class Student:
         if isinstance(frames, np.ndarray) and frames.ndim == 3:
             raise ValueError("predict takes a list of frames; wrap a single frame as [frame]")
         step = batch_size if batch_size else len(frames)
-        chunks = [self.logits(self.preprocessor(frames[i : i + step])) for i in range(0, len(frames), step or 1)]
+        with self._lock:
+            chunks = [self.logits(self.preprocessor(frames[i : i + step])) for i in range(0, len(frames), step or 1)]
         logits = np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)), np.float32)
         probs = softmax(logits)
         return Prediction([self.classes[i] for i in probs.argmax(axis=1)], probs)
