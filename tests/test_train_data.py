@@ -155,6 +155,6 @@ def test_augment_and_mixup_shapes_and_ranges():
     assert out.shape == (8, 3, 32, 32) and out.min() >= 0 and out.max() <= 1
     assert not torch.allclose(out[0], out[1][None].expand_as(out[:1])[0])  # each image gets its own transform
     targets = torch.eye(4)[torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])]
-    mixed_x, mixed_t, lam = mixup(x, targets, 0.4)
+    mixed_x, mixed_t, lam = mixup(x.clone(), targets, 0.4)
     assert 0.5 <= lam <= 1 and torch.allclose(mixed_t.sum(1), torch.ones(8))
     torch.testing.assert_close(mixed_x[0], lam * x[0] + (1 - lam) * x[7])

@@ -15,6 +15,7 @@ This module does not print: `report(kind, data)` receives the audit and the spli
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -116,9 +117,11 @@ def run_train(
     split, splits = make_splits(rows, cfg.train.val_fraction, cfg.train.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    main_process = _rank() == 0  # DDP runs this function once per device; one of them writes and reports
     for kind, data, file in (("audit", audit, "label_audit.json"), ("splits", splits, "splits.json")):
-        _write_json(out / file, data)
-        if report:
+        if main_process:
+            _write_json(out / file, data)
+        if report and main_process:
             report(kind, data)
     soft = cfg.train.soft and bool(rows.has_probs[split >= 0].any())
     meta = _meta(rows, name, size, cfg, labels_dir, extra, splits["mode"])
@@ -126,8 +129,9 @@ def run_train(
         model, meta, soft=soft, temperature=cfg.train.temperature, mixup_alpha=cfg.train.mixup,
         lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
     )  # fmt: skip
+    cache = out / "cache" / f"{os.getpid()}"  # memmap files (large sets only), one folder per DDP process
     train_loader, val_loader, balanced = make_loaders(
-        rows, split, size, cfg.train.batch_size, out / "cache", num_workers=num_workers, balance=balance,
+        rows, split, size, cfg.train.batch_size, cache, num_workers=num_workers, balance=balance,
         pin=torch.cuda.is_available() and accelerator != "cpu", show_progress=show_progress,
     )  # fmt: skip
     try:
@@ -135,7 +139,9 @@ def run_train(
             module, train_loader, val_loader, cfg, out, accelerator, devices, precision, resume, show_progress
         )
     finally:
-        shutil.rmtree(out / "cache", ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (out / "cache").rmdir()
     best = Path(trainer.checkpoint_callback.best_model_path or out / "last.ckpt")
     summary = TrainSummary(
         out, best, None, rows.classes, name, soft, balanced, int(trainer.current_epoch), None, audit, splits
@@ -203,6 +209,13 @@ def _workers(requested: int | None, n: int) -> int:
         return max(0, requested)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return 0 if n < 4096 or cpus < 4 else min(4, cpus // 4)
+
+
+def _rank() -> int:
+    """This process's global rank (0 outside DDP), as Lightning reads it from the environment."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
 def _check_resume(path: Path, classes: list[str], model: str, image_size: int) -> None:
