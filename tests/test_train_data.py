@@ -158,3 +158,30 @@ def test_augment_and_mixup_shapes_and_ranges():
     mixed_x, mixed_t, lam = mixup(x.clone(), targets, 0.4)
     assert 0.5 <= lam <= 1 and torch.allclose(mixed_t.sum(1), torch.ones(8))
     torch.testing.assert_close(mixed_x[0], lam * x[0] + (1 - lam) * x[7])
+
+
+def test_student_metrics_against_teacher_top_and_hard_labels():
+    from distill.train.metrics import student_metrics
+
+    probs = np.eye(3, dtype=np.float32)[[0, 1, 2, 2, 1]]  # student picks 0, 1, 2, 2, 1
+    labels = np.array([0, 1, 2, 1, 1])  # teacher's hard labels
+    tops = np.array([0, 1, 2, 2, 0])  # teacher's top class by its distribution
+    m = student_metrics(probs, labels, tops, ["a", "b", "c"])
+    assert m["agreement"] == 0.8 and m["accuracy"] == 0.8 and m["frames"] == 5
+    assert m["confusion"]["matrix"] == [[1, 0, 0], [0, 2, 1], [0, 0, 1]]  # rows teacher, columns student
+    assert m["per_class"]["b"] == {"precision": 1.0, "recall": round(2 / 3, 4), "f1": 0.8, "support": 3}
+    assert m["macro_f1"] == round((1.0 + 0.8 + 2 / 3) / 3, 4)
+
+
+def test_predict_runs_without_a_trainer(labels):
+    from distill.train import build_meta, create_student
+    from distill.train.metrics import predict
+    from distill.train.module import StudentModule
+
+    rows = load_rows(labels)
+    split, _ = make_splits(rows, 0.34, seed=0)
+    _, val_loader, _ = make_loaders(rows, split, 32, 8, None)
+    meta = build_meta(CLASSES, "test_convnext", 32)
+    probs, hard, top = predict(StudentModule(create_student(meta), meta), val_loader)
+    assert probs.shape == ((split == VAL).sum(), 4) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert (hard == rows.label[split == VAL]).all() and (top == rows.teacher_top[split == VAL]).all()

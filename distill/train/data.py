@@ -154,7 +154,7 @@ def make_splits(rows: Rows, val_fraction: float = 0.2, seed: int = 0) -> tuple[n
     else:
         info = _time_blocks(rows, main, split, val_fraction, seed)
         info["videos"] = {"train": videos, "val": videos}
-    if not (split == VAL).any() or not (split[rows.set_index == 0] == TRAIN).any():
+    if not (split == VAL).any() or (split[rows.set_index == 0] == TRAIN).sum() < 2:
         raise DatasetError(
             f"too few labelled frames ({int(main.sum())}) to hold out a validation split; label more frames or videos"
         )

@@ -77,7 +77,7 @@ class StudentModule(L.LightningModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, *rest = batch
         x = to_float(images)  # (B, 3, S', S) in 0..1
-        if self.trainer is not None and self.trainer.training:
+        if self._trainer is not None and self._trainer.training:  # (no trainer: inference, no augmentation)
             x = augment(x, self.image_size, self.augment_cfg)
         elif x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
