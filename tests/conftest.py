@@ -53,3 +53,14 @@ def make_clip(tmp_path: Path) -> Callable[..., Path]:
         return write_video(path, frames if frames is not None else moving_frames(seconds, fps, size), fps)
 
     return make
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op thread for torch: on a busy 2-core CI machine two threads made small steps up to ~90x slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
