@@ -89,14 +89,29 @@ def test_fallback_curve_by_hand():
     np.testing.assert_allclose(curve.agreement, [6 / 8, 7 / 8, 1.0, 1.0, 1.0])
     np.testing.assert_allclose(curve.accuracy, [5 / 8, 6 / 8, 7 / 8, 7 / 8, 7 / 8])  # teacher wrong on frame 3 only
     assert curve.recommended["threshold"] == 0.6 and curve.recommended["reached"]
+    assert curve.recommended["criterion"] == "accuracy" and curve.recommended["target"] == pytest.approx(0.87)
+    assert curve.by_agreement["threshold"] == 0.6
     assert curve.recommended["teacher_share"] == pytest.approx(0.25)
 
 
 def test_fallback_recommends_never_asking_when_student_already_agrees():
     curve = fallback_curve(TEACHER, CONF, TEACHER)
     assert curve.recommended == {
-        "threshold": 0.0, "teacher_share": 0.0, "agreement": 1.0, "accuracy": None, "reached": True,
+        "threshold": 0.0, "teacher_share": 0.0, "agreement": 1.0, "accuracy": None, "criterion": "agreement",
+        "target": 0.98, "reached": True,
     }  # fmt: skip
+
+
+def test_with_ground_truth_the_recommendation_follows_accuracy_not_agreement():
+    # the student is right everywhere; the teacher is wrong on the two frames the student is least sure of
+    truth = ["a", "a", "b", "b"]
+    teacher = ["b", "a", "a", "b"]
+    conf = np.array([0.55, 0.9, 0.6, 0.95])
+    curve = fallback_curve(truth, conf, teacher, truth, thresholds=np.array([0.0, 0.58, 0.7, 1.0]))
+    assert curve.recommended["criterion"] == "accuracy" and curve.recommended["threshold"] == 0.0
+    assert curve.recommended["accuracy"] == 1.0
+    assert curve.by_agreement["criterion"] == "agreement" and curve.by_agreement["threshold"] == 0.7
+    assert curve.to_dict()["by_agreement"]["teacher_share"] == 0.5
 
 
 def test_fallback_reports_unreached_target():

@@ -201,3 +201,12 @@ def test_class_mismatch_is_a_dataset_error(trained: Path3, tmp_path: Path):
                "probs": [1, 0], "confidence": 1.0, "teacher": "annotations", "raw": None})  # fmt: skip
     with pytest.raises(DatasetError, match="differ"):
         run_compare(tmp_path / "l", tmp_path / "r", student_path=trained.student, held_out_only=False)
+
+
+def test_cli_compare_with_a_teacher_reads_the_label_sets_config(trained: Path3, tmp_path: Path):
+    args = ["compare", str(trained.labels), "--student", str(trained.student), "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, [*args, "--teacher", "annotations", "--annotations", str(trained.truth)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "metrics.json").read_text())
+    assert data["teacher"]["cost_source"] == "measured here" and data["speedup"] > 0
+    assert "faster than the teacher" in " ".join(result.output.split())

@@ -57,8 +57,8 @@ QUICK = DemoPlan(
     model="resnet10t", image_size=96, epochs=5, serve_seconds=3.0,
 )  # fmt: skip
 FULL = DemoPlan(
-    SceneSpec(n_videos=8, seconds=60.0, fps=10.0, seed=0), sample_fps=2.0, model="mobilenetv3_small_100",
-    image_size=128, epochs=10, serve_seconds=8.0,
+    SceneSpec(n_videos=12, seconds=48.0, fps=10.0, min_segment_s=3.0, max_segment_s=10.0, seed=0), sample_fps=2.0,
+    model="resnet10t", image_size=112, epochs=6, serve_seconds=8.0,
 )  # fmt: skip
 
 

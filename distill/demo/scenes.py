@@ -41,6 +41,7 @@ SEGMENT_COLUMNS = ("video", "start_s", "end_s", "label")
 
 _LAMP_BGR = {"active": (60, 220, 40), "idle": (20, 170, 250), "error": (40, 40, 245)}  # lit colours
 _LAMP_OFF = (45, 45, 50)
+_LAMP_AT, _LAMP_RADIUS = (0.675, 0.16), 0.055  # scene coordinates; the radius is a share of the short side
 
 
 @dataclass(frozen=True)
@@ -197,8 +198,8 @@ class _Canvas:
         """The halo of the lit lamp (computed once per colour)."""
         if state not in self._glows:
             glow = np.zeros((self.h, self.w, 3), np.uint8)
-            radius = self.px(0.045)
-            cv2.circle(glow, self.pt(0.675, 0.17), radius * 2, _LAMP_BGR[state], -1, cv2.LINE_AA)
+            radius = self.px(_LAMP_RADIUS)
+            cv2.circle(glow, self.pt(*_LAMP_AT), radius * 2, _LAMP_BGR[state], -1, cv2.LINE_AA)
             self._glows[state] = (cv2.GaussianBlur(glow, (0, 0), radius * 0.8) * 0.6).astype(np.uint8)
         return self._glows[state]
 
@@ -222,7 +223,7 @@ def _draw_machine(img: np.ndarray, cv: _Canvas, state: str, t: float, phase: flo
     # lamp tower on the top right
     cv2.rectangle(img, cv.pt(0.665, 0.2), cv.pt(0.685, 0.32), dark, -1)
     lamp_on = state in _LAMP_BGR and not (state == "error" and (t * 2.0) % 1.0 >= 0.5)
-    centre, radius = cv.pt(0.675, 0.17), cv.px(0.045)
+    centre, radius = cv.pt(*_LAMP_AT), cv.px(_LAMP_RADIUS)
     if lamp_on:
         cv2.add(img, cv.glow(state), dst=img)
         cv2.circle(img, centre, radius, _LAMP_BGR[state], -1, cv2.LINE_AA)
@@ -236,7 +237,7 @@ def _draw_machine(img: np.ndarray, cv: _Canvas, state: str, t: float, phase: flo
 
 
 def _draw_screen(img: np.ndarray, cv: _Canvas, state: str, phase: float) -> None:
-    top_left, bottom_right = cv.pt(0.28, 0.38), cv.pt(0.5, 0.56)
+    top_left, bottom_right = cv.pt(0.27, 0.37), cv.pt(0.52, 0.58)
     bg = {"active": (30, 50, 25), "idle": (90, 60, 40), "error": (30, 30, 110), "offline": (12, 12, 12)}[state]
     cv2.rectangle(img, top_left, bottom_right, bg, -1)
     cv2.rectangle(img, top_left, bottom_right, (20, 20, 20), 2)

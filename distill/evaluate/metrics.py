@@ -12,8 +12,11 @@ Definitions:
   equal-width confidence bins.
 - *fallback curve*: for a threshold t, frames whose student confidence is below t are sent to the teacher and
   take its label; the curve gives, per t, the share sent and the resulting agreement (and accuracy when ground
-  truth is known). The recommended threshold is the one with the smallest teacher share whose agreement reaches
-  the target (default 0.98); ties go to the lowest threshold.
+  truth is known). The recommended threshold is the one with the smallest teacher share that reaches the goal;
+  ties go to the lowest threshold. Without ground truth the goal is agreement with the teacher >= a target
+  (default 0.98). With ground truth the goal is accuracy: the best accuracy any threshold gives, less a tolerance
+  (default 0.005) — sending frames to a teacher that is itself wrong on them is no gain, so a student that is
+  already as accurate as the mix gets threshold 0 (never ask). Both recommendations are kept in the curve.
 
 This module does not read label sets, run models or draw plots; it turns label arrays into numbers.
 """
@@ -37,6 +40,7 @@ from sklearn.metrics import (
 )
 
 DEFAULT_TARGET_AGREEMENT = 0.98
+DEFAULT_ACCURACY_TOLERANCE = 0.005
 
 
 def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
@@ -137,7 +141,8 @@ class FallbackCurve:
     agreement: np.ndarray
     accuracy: np.ndarray | None  # None without ground truth
     target_agreement: float
-    recommended: dict[str, Any] = field(default_factory=dict)
+    recommended: dict[str, Any] = field(default_factory=dict)  # by accuracy with ground truth, else by agreement
+    by_agreement: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         def r(a: np.ndarray) -> list[float]:
@@ -150,6 +155,7 @@ class FallbackCurve:
             "accuracy": r(self.accuracy) if self.accuracy is not None else None,
             "target_agreement": self.target_agreement,
             "recommended": self.recommended,
+            "by_agreement": self.by_agreement,
         }
 
 
@@ -161,6 +167,7 @@ def fallback_curve(
     *,
     thresholds: np.ndarray | None = None,
     target_agreement: float = DEFAULT_TARGET_AGREEMENT,
+    accuracy_tolerance: float = DEFAULT_ACCURACY_TOLERANCE,
 ) -> FallbackCurve:
     """What happens when frames with student confidence below a threshold take the teacher's label.
 
@@ -170,12 +177,14 @@ def fallback_curve(
         truth: ground-truth labels per frame, if known (adds the accuracy curve).
         thresholds: candidate thresholds (default 0, 0.01, ..., 1.0); a frame goes to the teacher when
             `confidence < threshold`, so 0 never asks and values above every confidence always ask.
-        target_agreement: the agreement the recommendation must reach.
+        target_agreement: the agreement the recommendation must reach (without ground truth).
+        accuracy_tolerance: with ground truth, how far below the best accuracy on the curve the recommendation
+            may stay.
 
     Returns:
-        The curve and `recommended` = {threshold, teacher_share, agreement, accuracy, reached}: the threshold with
-        the smallest teacher share whose agreement reaches the target (`reached` False: none does, so the best
-        agreement is recommended instead).
+        The curve; `recommended` and `by_agreement` are {threshold, teacher_share, agreement, accuracy, criterion,
+        target, reached}: the threshold with the smallest teacher share whose criterion (accuracy with ground
+        truth, else agreement) reaches the target (`reached` False: none does, so the best one is given instead).
     """
     s = np.asarray(student_labels, dtype=object)
     t = np.asarray(teacher_labels, dtype=object)
@@ -193,23 +202,34 @@ def fallback_curve(
             acc.append(float(accuracy_score(list(truth), combined.tolist())))
     share_a, agree_a = np.array(share), np.array(agree)
     acc_a = np.array(acc) if truth is not None else None
-    return FallbackCurve(
-        grid, share_a, agree_a, acc_a, target_agreement, _recommend(grid, share_a, agree_a, acc_a, target_agreement)
-    )
+    by_agreement = _recommend(grid, share_a, agree_a, acc_a, "agreement", target_agreement)
+    recommended = by_agreement
+    if acc_a is not None:
+        target = round(float(acc_a.max()) - accuracy_tolerance, 6)
+        recommended = _recommend(grid, share_a, agree_a, acc_a, "accuracy", target)
+    return FallbackCurve(grid, share_a, agree_a, acc_a, target_agreement, recommended, by_agreement)
 
 
 def _recommend(
-    grid: np.ndarray, share: np.ndarray, agree: np.ndarray, acc: np.ndarray | None, target: float
+    grid: np.ndarray,
+    share: np.ndarray,
+    agree: np.ndarray,
+    acc: np.ndarray | None,
+    criterion: str,
+    target: float,
 ) -> dict[str, Any]:
-    ok = np.flatnonzero(agree >= target - 1e-12)
+    score = acc if criterion == "accuracy" and acc is not None else agree
+    ok = np.flatnonzero(score >= target - 1e-12)
     reached = ok.size > 0
-    # reached: smallest share, then lowest threshold; otherwise best agreement, then smallest share
-    i = int(ok[np.lexsort((grid[ok], share[ok]))[0]]) if reached else int(np.lexsort((grid, share, -agree))[0])
+    # reached: smallest share, then lowest threshold; otherwise best score, then smallest share
+    i = int(ok[np.lexsort((grid[ok], share[ok]))[0]]) if reached else int(np.lexsort((grid, share, -score))[0])
     return {
         "threshold": float(grid[i]),
         "teacher_share": float(share[i]),
         "agreement": float(agree[i]),
         "accuracy": float(acc[i]) if acc is not None else None,
+        "criterion": criterion,
+        "target": float(target),
         "reached": bool(reached),
     }
 

@@ -84,8 +84,9 @@ def plot_fallback(path: Path, fallback: Mapping[str, Any]) -> Path:
     ax.plot(x, fallback["agreement"], color="tab:blue", label="agreement with teacher")
     if fallback.get("accuracy") is not None:
         ax.plot(x, fallback["accuracy"], color="tab:green", label="accuracy (ground truth)")
-    rec = fallback["recommended"]
-    ax.axvline(rec["threshold"], color="black", ls=":", lw=1, label=f"recommended {rec['threshold']:.2f}")
+    for rec, style in zip(_recommendations(fallback), (":", "-.")):
+        label = f"threshold by {rec['criterion']}: {rec['threshold']:.2f}"
+        ax.axvline(rec["threshold"], color="black", ls=style, lw=1, label=label)
     ax.axhline(fallback["target_agreement"], color="tab:blue", ls="--", lw=0.8, alpha=0.6)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
@@ -163,17 +164,30 @@ def headline(metrics: Mapping[str, Any]) -> list[str]:
         lines.append(f"The student is {speedup:,.0f}x faster than the teacher per frame ({t.get('cost_source')}).")
     else:
         lines.append(f"Speed-up: not available ({t.get('cost_note') or 'no teacher cost known'}).")
-    rec = metrics["fallback"]["recommended"]
-    target = metrics["fallback"]["target_agreement"]
-    if rec["reached"]:
-        lines.append(
-            f"Recommended fallback threshold {rec['threshold']:.2f}: {rec['teacher_share']:.1%} of frames go to "
-            f"the teacher and agreement reaches {rec['agreement']:.3f} (target {target:.2f})."
-        )
-    else:
-        lines.append(f"No threshold reaches agreement {target:.2f}; the best is {rec['threshold']:.2f} "
-                     f"({rec['teacher_share']:.1%} to the teacher, agreement {rec['agreement']:.3f}).")  # fmt: skip
+    for rec in _recommendations(metrics["fallback"]):
+        lines.append(_recommendation_line(rec))
     return lines
+
+
+def _recommendations(fallback: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    rec, by_agreement = fallback["recommended"], fallback.get("by_agreement") or fallback["recommended"]
+    return [rec] if by_agreement == rec else [rec, by_agreement]
+
+
+def _recommendation_line(rec: Mapping[str, Any]) -> str:
+    """One sentence on a recommended threshold; accuracy-based ones say why (ground truth decides)."""
+    share = f"{rec['teacher_share']:.1%} of frames go to the teacher"
+    if rec["criterion"] == "accuracy":
+        what = f"accuracy {rec['accuracy']:.3f} (>= {rec['target']:.3f}, next to the best any threshold gives)"
+        head = "Recommended fallback threshold (by ground truth)"
+    else:
+        what = f"agreement with the teacher {rec['agreement']:.3f} (target {rec['target']:.2f})"
+        head = "Fallback threshold for agreement with the teacher"
+    if not rec["reached"]:
+        return f"{head}: no threshold reaches the target; the best is {rec['threshold']:.2f} ({share}, {what})."
+    if rec["threshold"] == 0:
+        return f"{head}: 0 (never ask the teacher): the student alone gives {what}."
+    return f"{head}: {rec['threshold']:.2f}: {share}, giving {what}."
 
 
 def _per_class_rows(metrics: Mapping[str, Any]) -> list[tuple[str, ...]]:
