@@ -27,21 +27,18 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def xvfb() -> Iterator[str]:
-    number = next(
-        n for n in range(87, 200) if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists()
-    )
+    """A virtual X server; `-displayfd` makes it pick a free display and print it once it accepts clients."""
     proc = subprocess.Popen(
-        ["Xvfb", f":{number}", "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
-        stdout=subprocess.DEVNULL,
+        ["Xvfb", "-displayfd", "1", "-screen", "0", "1024x768x24", "-nolisten", "tcp", "-noreset"],
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        text=True,
     )
-    deadline = time.monotonic() + 10
-    while not Path(f"/tmp/.X11-unix/X{number}").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.skip("Xvfb did not start")
-        time.sleep(0.05)
-    yield f":{number}"
+    line = proc.stdout.readline().strip()  # blocks until the server is ready (or has died: "")
+    if not line.isdigit():
+        proc.kill()
+        pytest.skip("Xvfb did not start")
+    yield f":{line}"
     proc.terminate()
     proc.wait(5)
 
@@ -62,11 +59,12 @@ def grab_screen(display: str) -> np.ndarray:
     return pixels[..., step - 3 :][..., ::-1].copy()  # MSBFirst: (x,) R, G, B
 
 
-def content_box(screen: np.ndarray, colour: tuple[int, int, int]) -> tuple[int, int, int, int]:
-    """Bounding box (y0, x0, y1, x1) of the pixels of the video frame's colour."""
+def content_box(screen: np.ndarray, colour: tuple[int, int, int]) -> tuple[int, int, int, int] | None:
+    """Bounding box (y0, x0, y1, x1) of the pixels of the video frame's colour, None if hardly any."""
     mask = (np.abs(screen.astype(int) - colour) < 40).all(axis=2)
     ys, xs = np.nonzero(mask)
-    assert len(ys) > 10_000, "the video window is not on the screen"
+    if len(ys) < 0.8 * 640 * 480:
+        return None
     return ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
 
 
@@ -76,37 +74,70 @@ def wait_for_label(events: Path, label: str, proc: subprocess.Popen, timeout_s: 
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, f"no {label} label within {timeout_s} s"
         time.sleep(0.05)
-    time.sleep(0.5)  # a few display refreshes
 
 
-def test_window_shows_the_label_overlay(tmp_path: Path, xvfb: str) -> None:
+class NotPainted(Exception):
+    """The window never showed the frame in time."""
+
+
+def grab_overlay(display: str, colour, proc: subprocess.Popen, differs_from=None, timeout_s: float = 30):
+    """Grab the screen until the window shows a `colour` frame (and, if given, an overlay text unlike
+    `differs_from`); returns (the frame as shown, its overlay's white-text mask)."""
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        screen = grab_screen(display)
+        box = content_box(screen, colour)
+        if box is not None:
+            y0, x0, y1, x1 = box
+            frame = screen[y0:y1, x0:x1].astype(int)
+            text = (frame[:25, :80] > 200).all(axis=2)  # white text in the label line's box
+            if differs_from is None or (text != differs_from).sum() > 30:
+                return frame, text
+        time.sleep(0.1)
+    raise NotPainted(f"the window never showed the expected frame within {timeout_s} s")
+
+
+def serve_and_grab(tmp_path: Path, display: str) -> tuple[list, str]:
+    """Run `distill serve` with its window on a red-then-blue clip; grab the screen in each colour; stop it.
+
+    Qt on a bare Xvfb (no window manager) now and then maps a window that it never paints; plain
+    `cv2.namedWindow` + `cv2.imshow` shows the same in a few percent of starts. Such a start is retried.
+    """
     student = make_student(tmp_path / "student.onnx")
-    clip = colour_clip(tmp_path / "rb.mp4", ["red", "blue"], seconds_each=4.0)
+    clip = colour_clip(tmp_path / "rb.mp4", ["red", "red", "blue"], seconds_each=3.0)
     events = tmp_path / "events.jsonl"
     cmd = [sys.executable, "-m", "distill.cli", "serve", "--source", str(clip), "--student", str(student)]
     cmd += ["--events", str(events), "--max-seconds", "30"]
-    env = {**os.environ, "DISPLAY": xvfb, "QT_QPA_PLATFORM": "xcb"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        wait_for_label(events, "red", proc)
-        red_screen = grab_screen(xvfb)
-        wait_for_label(events, "blue", proc)
-        blue_screen = grab_screen(xvfb)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
-    assert "stopped by signal" in out
+    env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
+    for attempt in range(3):
+        events.unlink(missing_ok=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            wait_for_label(events, "red", proc)
+            try:
+                red = grab_overlay(display, BGR["red"], proc, timeout_s=4)
+            except NotPainted:
+                if attempt == 2:
+                    raise
+                continue
+            wait_for_label(events, "blue", proc)
+            blue = grab_overlay(display, BGR["blue"], proc, differs_from=red[1])  # "red" -> "blue"
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=20)
+            assert proc.returncode == 0, err
+            return [(*red, BGR["red"]), (*blue, BGR["blue"])], out
+        finally:
+            proc.kill()
+            proc.wait()
+    raise AssertionError("unreachable")
 
-    y0, x0, y1, x1 = content_box(red_screen, BGR["red"])
-    assert (x1 - x0, y1 - y0) == (640, 480)  # the 64x48 clip, scaled up for a readable overlay
-    overlays = []
-    for screen, colour in ((red_screen, BGR["red"]), (blue_screen, BGR["blue"])):
-        frame = screen[y0:y1, x0:x1].astype(int)
-        overlay = frame[:25, :80]  # the label line's box
-        assert (np.abs(overlay - colour) >= 40).any(axis=2).mean() > 0.9  # drawn over the video
-        assert (overlay > 200).all(axis=2).sum() > 30  # white text
+
+def test_window_shows_the_label_overlay(tmp_path: Path, xvfb: str) -> None:
+    grabs, out = serve_and_grab(tmp_path, xvfb)
+    assert "stopped by signal" in out
+    for frame, text, colour in grabs:
+        assert frame.shape[:2] == (480, 640)  # the 64x48 clip, scaled up for a readable overlay
+        assert (np.abs(frame[:25, :80] - colour) >= 40).any(axis=2).mean() > 0.9  # drawn over the video
+        assert text.sum() > 30  # white text
         assert (np.abs(frame[-50:, -50:] - colour) < 40).all()  # the rest of the frame is the video
-        overlays.append((overlay > 200).all(axis=2))
-    assert (overlays[0] != overlays[1]).sum() > 30  # the label text changed from "red" to "blue"
+    # and between the two grabs the label text changed from "red" to "blue" (grab_overlay's differs_from)

@@ -118,11 +118,13 @@ class DisplaySink:
             return
         self._shown[number] = shown
         image = render_overlay(shown, fps)
-        if number not in self._opened:
+        first = number not in self._opened
+        if first:
             cv2.namedWindow(self.windows[number], cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
-            cv2.moveWindow(self.windows[number], 40 * number, 40 * number)  # cascade, so none hides another
             self._opened.add(number)
         cv2.imshow(self.windows[number], image)
+        if first and number:
+            cv2.moveWindow(self.windows[number], 40 * number, 40 * number)  # cascade, so none hides another
         self.last[number] = image
 
     def quit_requested(self) -> bool:
