@@ -40,12 +40,9 @@ class Path3:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path3:
-    import torch
-
     from distill.label import run_label
     from distill.train import run_train
 
-    torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("compare")
     spec = SceneSpec(n_videos=3, seconds=12, fps=8, min_segment_s=2, max_segment_s=4, seed=3)
     scenario = render_scenario(root / "videos", spec)

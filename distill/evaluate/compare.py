@@ -9,6 +9,8 @@ Speed: the student's latency (one frame per call, p50/p95) and throughput (batch
 the teacher's too when it runs here, otherwise its cost is read from the label set's manifest (what the labelling
 run recorded). The speed-up is the ratio of seconds per frame at batched throughput.
 
+The fallback curve and its recommended threshold are described in `distill.evaluate.metrics`.
+
 Frames the teacher could not label (null label) are left out of every metric and counted in `frames_skipped`,
 as are frames that no ground-truth segment covers when ground truth is given.
 
@@ -99,7 +101,8 @@ def run_compare(
         teacher_cfg: a `TaskConfig` whose teacher is run here on the frames (its answers and speed replace the
             label set's); None uses the label set's answers and recorded cost.
         held_out_only: evaluate only the videos the training run held out (see `held_out_videos`).
-        target_agreement: the agreement the recommended fallback threshold must reach.
+        target_agreement: the agreement the fallback threshold must reach when no ground truth is given (with
+            ground truth the recommendation follows accuracy; see `distill.evaluate.metrics.fallback_curve`).
         threads: ONNX Runtime intra-op threads for the student.
 
     Raises:
