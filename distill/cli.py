@@ -80,10 +80,10 @@ def command(func: F) -> F:
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="Task YAML (classes, question, sampling, ...); flags override it.")
 ]
-FpsOpt = Annotated[float | None, typer.Option("--fps", help="Frames sampled per second of video time [default: 1].")]
+FpsOpt = Annotated[float | None, typer.Option("--fps", help="Frames sampled per second of video time \\[default: 1].")]
 DedupOpt = Annotated[
     bool | None,
-    typer.Option("--dedup/--no-dedup", help="Skip frames nearly identical to the last kept one [default: on]."),
+    typer.Option("--dedup/--no-dedup", help="Skip frames nearly identical to the last kept one \\[default: on]."),
 ]
 MaxFramesOpt = Annotated[int | None, typer.Option("--max-frames", help="At most this many frames per video.")]
 VideosArg = Annotated[
@@ -113,7 +113,7 @@ def sample(
     end: Annotated[float | None, typer.Option("--end", help="Stop at S seconds into every video.")] = None,
     image_size: Annotated[
         int | None,
-        typer.Option("--image-size", help="Short side of saved JPEGs in pixels, 0 = original [default: 320]."),
+        typer.Option("--image-size", help="Short side of saved JPEGs in pixels, 0 = original \\[default: 320]."),
     ] = None,
 ) -> None:
     """Preview sampling: write the frames a labelling run would see (DIR/index.csv + JPEGs)."""
@@ -245,7 +245,9 @@ def label(
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", help="Frames per teacher call \\[default: 8].")
     ] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N \\[default: auto].")] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N \\[default: auto].")
+    ] = None,
     local_files_only: Annotated[
         bool, typer.Option("--local-files-only", help="Never contact the Hugging Face Hub (offline).")
     ] = False,
