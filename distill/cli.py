@@ -549,6 +549,12 @@ def demo(
         out_console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
 
 
+_WORKFLOW = ("demo", "sample", "label", "train", "export", "serve", "compare")
+app.registered_commands.sort(
+    key=lambda c: _WORKFLOW.index(c.callback.__name__) if c.callback.__name__ in _WORKFLOW else len(_WORKFLOW)
+)  # `distill --help` lists the commands in the order a user runs them
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="distill")

@@ -17,6 +17,7 @@ from distill.label._teacher import (
     describe_teacher,
     match_class,
     normalize_answer,
+    teacher_tag,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "match_class",
     "normalize_answer",
     "run_label",
+    "teacher_tag",
 ]

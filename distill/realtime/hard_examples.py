@@ -22,7 +22,7 @@ import numpy as np
 
 from distill.dataset import LabelSetWriter
 from distill.errors import DatasetError
-from distill.label._teacher import teacher_tag
+from distill.label import teacher_tag
 from distill.video import encode_jpeg, resize_short_side
 
 if TYPE_CHECKING:
