@@ -45,6 +45,11 @@ def test_demo_writes_every_artifact(demo_run):
     assert set(segments) == {v.name for v in videos}
     for name in ("labels/manifest.json", "student/student.onnx", "student/student.ckpt", "task.yaml"):
         assert (out / name).is_file(), name
+    # the student carries the label set's stored frame size, so serving shrinks big frames as labelling did
+    from distill.export import Student
+
+    stored = json.loads((out / "labels" / "manifest.json").read_text())["config"]["sampling"]["image_size"]
+    assert Student(out / "student" / "student.onnx").meta["source_short_side"] == stored > 0
     for name in (
         "report.html",
         "report.md",

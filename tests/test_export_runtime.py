@@ -115,6 +115,28 @@ def test_preprocessor_matches_the_documented_recipe(size: int) -> None:
     np.testing.assert_allclose(got, reference_input(batch, size), atol=1e-5)
 
 
+def test_large_frames_are_shrunk_like_the_training_frames_were() -> None:
+    """A 720p frame reaches the student through the label set's path: area-shrink to the stored short side
+    (`distill.video.resize_short_side`), then the squash resize; not by bilinear sampling alone."""
+    from distill.video import resize_short_side
+
+    rng = np.random.default_rng(3)
+    texture = cv2.resize(
+        rng.integers(0, 255, (360, 640, 3), dtype=np.uint8), (1280, 720), interpolation=cv2.INTER_NEAREST
+    )
+    training_path = reference_input([resize_short_side(texture, 96)], SIZE)
+    got = Preprocessor(SIZE, MEAN, STD, source_short_side=96)([texture])
+    np.testing.assert_allclose(got, training_path, atol=1e-5)
+    naive = Preprocessor(SIZE, MEAN, STD)([texture])  # what serving did before: bilinear straight to SIZE
+    assert np.abs(naive - training_path).mean() > 10 * np.abs(got - training_path).mean() + 0.05
+    small = [
+        f for f in frames(5) if min(f.shape[:2]) <= 96
+    ]  # frames already at or below the stored size are not touched
+    np.testing.assert_allclose(
+        Preprocessor(SIZE, MEAN, STD, source_short_side=96)(small), reference_input(small, SIZE), atol=1e-5
+    )
+
+
 def test_preprocessor_bgr_order_and_buffer_reuse() -> None:
     batch = frames(3)
     rgb = Preprocessor(SIZE, MEAN, STD, channel_order="RGB")(batch).copy()

@@ -49,7 +49,7 @@ META_KEYS = (
     "label_set",
     "metrics",
 )
-EXTRA_KEYS = ("precision", "checks")
+EXTRA_KEYS = ("precision", "checks", "source_short_side")
 DEFAULTS: dict[str, Any] = {
     "channel_order": "RGB",
     "resize": "squash",
@@ -59,6 +59,9 @@ DEFAULTS: dict[str, Any] = {
     "metrics": {},
     "precision": "fp32",
     "checks": {},
+    # short side the training frames were stored at (the label set's JPEGs); larger frames are first
+    # area-shrunk to it, as `distill label` did, so serving sees the pixels training saw. 0: no pre-shrink.
+    "source_short_side": 0,
 }
 SUPPORTED = {
     "channel_order": ("RGB", "BGR"),
@@ -131,6 +134,8 @@ def _validate(meta: dict[str, Any], source: object) -> None:
             raise bad(f"{key} must be 3 numbers")
     if min(meta["std"]) <= 0:
         raise bad("std must be > 0")
+    if not isinstance(meta["source_short_side"], int) or meta["source_short_side"] < 0:
+        raise bad(f"source_short_side {meta['source_short_side']!r} is not a non-negative integer")
     for key, allowed in SUPPORTED.items():
         if meta[key] not in allowed:
             raise bad(f"{key} {meta[key]!r} is not supported (this distill knows {', '.join(allowed)})")

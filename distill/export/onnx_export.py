@@ -93,7 +93,14 @@ def export_onnx(
             check_limit=CHECK_FRAMES,
             calibration_limit=CALIBRATION_FRAMES,
         )
-        prep = Preprocessor(meta["image_size"], meta["mean"], meta["std"], meta["channel_order"], meta["interpolation"])
+        prep = Preprocessor(
+            meta["image_size"],
+            meta["mean"],
+            meta["std"],
+            meta["channel_order"],
+            meta["interpolation"],
+            source_short_side=int(meta.get("source_short_side", 0)),
+        )
         bar.advance()
         proto = export_graph(model, int(meta["image_size"]))
         bar.advance()

@@ -1,11 +1,11 @@
 """Turn BGR uint8 frames of any size into the student's input tensor, the same way everywhere.
 
-One `cv2.resize` per frame, straight into a preallocated uint8 batch (the "squash" policy: the whole frame
-resized to `image_size x image_size`, no crop, so nothing at the frame edge is lost), then one vectorised
-pass per batch that splits the channels, flips BGR to RGB, lays them out as NCHW and normalises with the
-student's mean/std into a preallocated float32 array. `Student`, the export parity gate and INT8
-calibration all use this class, so the exported model is checked on exactly the pixels it will see in
-production.
+One `cv2.resize` per frame (two for frames larger than the training frames were stored at), straight
+into a preallocated uint8 batch (the "squash" policy: the whole frame resized to `image_size x image_size`,
+no crop, so nothing at the frame edge is lost), then one vectorised pass per batch that splits the channels,
+flips BGR to RGB, lays them out as NCHW and normalises with the student's mean/std into a preallocated
+float32 array. `Student`, the export parity gate and INT8 calibration all use this class, so the exported
+model is checked on exactly the pixels it will see in production.
 
 Example:
     >>> prep = Preprocessor(224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -35,6 +35,10 @@ class Preprocessor:
         std: per-channel standard deviation in RGB order, 0..1 scale.
         channel_order: the order the model expects, "RGB" (timm) or "BGR".
         interpolation: "bilinear" (cv2.INTER_LINEAR), "bicubic" or "nearest".
+        source_short_side: frames whose short side is larger are first shrunk to it with area averaging,
+            as `distill label` stored the training frames; then the squash resize. 0 turns it off. Without
+            it a 1080p frame goes to 224 px by bilinear sampling alone, which aliases fine texture that the
+            student never saw in training.
 
     The array returned by a call is a view of an internal buffer that the next call overwrites; copy it
     (`x.copy()`) if you need to keep it.
@@ -47,6 +51,7 @@ class Preprocessor:
         std: Sequence[float],
         channel_order: str = "RGB",
         interpolation: str = "bilinear",
+        source_short_side: int = 0,
     ) -> None:
         if channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be 'RGB' or 'BGR' (got {channel_order!r})")
@@ -55,6 +60,7 @@ class Preprocessor:
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"mean and std need 3 values each, std > 0 (got mean={mean}, std={std})")
         self.image_size = int(image_size)
+        self.source_short_side = int(source_short_side)
         self.interpolation = INTERPOLATIONS[interpolation]
         mean_rgb = np.asarray(mean, np.float32)
         std_rgb = np.asarray(std, np.float32)
@@ -79,12 +85,21 @@ class Preprocessor:
         pixels, _ = self._buffers(len(frames))
         size = (self.image_size, self.image_size)
         for i, frame in enumerate(frames):
-            frame = _as_bgr(frame, i)
+            frame = self._shrink(_as_bgr(frame, i))
             if frame.shape[:2] == size:
                 pixels[i] = frame
             else:
                 cv2.resize(frame, size, dst=pixels[i], interpolation=self.interpolation)
         return pixels
+
+    def _shrink(self, frame: np.ndarray) -> np.ndarray:
+        """Area-shrink to the training frames' short side (what `distill.video.resize_short_side` does)."""
+        h, w = frame.shape[:2]
+        short = min(h, w)
+        if self.source_short_side <= 0 or short <= self.source_short_side:
+            return frame
+        scale = self.source_short_side / short
+        return cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
 
     def normalise(self, pixels: np.ndarray) -> np.ndarray:
         """(B, S, S, 3) BGR uint8 -> (B, 3, S, S) float32 normalised model input (a reused view)."""

@@ -224,6 +224,7 @@ class Student:
             self.meta["std"],
             channel_order=self.meta["channel_order"],
             interpolation=self.meta["interpolation"],
+            source_short_side=self.meta["source_short_side"],
         )
 
     @property

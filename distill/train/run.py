@@ -234,6 +234,9 @@ def _meta(rows: Rows, name: str, size: int, cfg: TaskConfig, labels_dir, extra, 
     label_set |= {"classes": rows.classes, "extra": [str(Path(p).resolve()) for p in extra]}
     meta = build_meta(rows.classes, name, size, teacher=rows.manifest.get("teacher"), label_set=label_set)
     meta["split"] = {"mode": mode, "val_fraction": cfg.train.val_fraction, "seed": cfg.train.seed}
+    # the short side `distill label` stored frames at: serving shrinks larger frames the same way first
+    stored = (rows.manifest.get("config") or {}).get("sampling", {}).get("image_size", 0)
+    meta["source_short_side"] = int(stored or 0)
     return meta
 
 
