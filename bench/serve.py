@@ -52,6 +52,7 @@ def export_student(work: Path, clip: Path) -> Path:
     """mobilenetv3_small_100 with random weights, saved as a student checkpoint and exported with export_onnx."""
     import torch
 
+    from distill.config import SamplingConfig
     from distill.dataset import LabelSetWriter
     from distill.export import export_onnx
     from distill.train import build_meta, create_student, save_student
@@ -81,6 +82,7 @@ def export_student(work: Path, clip: Path) -> Path:
             )
     cap.release()
     meta = build_meta(CLASSES, "mobilenetv3_small_100", 224, label_set={"path": str(labels), "frames": 24})
+    meta["source_short_side"] = SamplingConfig().image_size  # as `distill train` records it: 720p is area-shrunk
     ckpt = save_student(create_student(meta), meta, work / "student.ckpt")
     export_onnx(ckpt, work / "student.onnx")
     return work / "student.onnx"
