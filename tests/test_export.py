@@ -55,7 +55,6 @@ class Trained:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     from distill.train import run_train
 
-    torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("export")
     labels = write_label_set(root / "labels", videos=4, frames_per_class=12, size=(48, 64))
     cfg = load_config(

@@ -353,10 +353,7 @@ BAD_CASES = [
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    import torch
     from _tiny_paligemma import tiny_paligemma_dir
-
-    torch.set_num_threads(1)  # tiny matmuls: a second thread only waits on the shared cores
 
     return tiny_paligemma_dir(tmp_path_factory.getbasetemp())
 

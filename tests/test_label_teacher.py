@@ -17,11 +17,6 @@ ONE_TOKEN = "cat,dog,bird"
 SHARED_PREFIX = "idle,idle warning,running,stopped"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    torch.set_num_threads(1)  # tiny matmuls: a second thread only waits on the shared cores
-
-
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     return tiny_paligemma_dir(tmp_path_factory.getbasetemp())

@@ -22,14 +22,6 @@ train: {epochs: 8, batch_size: 32, lr: 0.003}
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared 2-core machines: several OpenMP threads spin against each other
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("sets")

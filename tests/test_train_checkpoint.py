@@ -10,14 +10,6 @@ from distill.train import build_meta, create_student, load_student, preprocessin
 from distill.train._models import check_input_size, check_min_size, check_model_name
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared 2-core machines: several OpenMP threads spin against each other
-    yield
-    torch.set_num_threads(old)
-
-
 def test_meta_carries_preprocessing_from_timm():
     meta = build_meta(["off", "on", "error"], "test_convnext", 48, teacher={"backend": "x"}, label_set={"frames": 3})
     from timm.data import resolve_data_config

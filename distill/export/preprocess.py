@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from distill.video import resize_short_side
+
 INTERPOLATIONS = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "bicubic": cv2.INTER_CUBIC}
 
 
@@ -85,21 +87,12 @@ class Preprocessor:
         pixels, _ = self._buffers(len(frames))
         size = (self.image_size, self.image_size)
         for i, frame in enumerate(frames):
-            frame = self._shrink(_as_bgr(frame, i))
+            frame = resize_short_side(_as_bgr(frame, i), self.source_short_side)  # as `distill label` stored it
             if frame.shape[:2] == size:
                 pixels[i] = frame
             else:
                 cv2.resize(frame, size, dst=pixels[i], interpolation=self.interpolation)
         return pixels
-
-    def _shrink(self, frame: np.ndarray) -> np.ndarray:
-        """Area-shrink to the training frames' short side (what `distill.video.resize_short_side` does)."""
-        h, w = frame.shape[:2]
-        short = min(h, w)
-        if self.source_short_side <= 0 or short <= self.source_short_side:
-            return frame
-        scale = self.source_short_side / short
-        return cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
 
     def normalise(self, pixels: np.ndarray) -> np.ndarray:
         """(B, S, S, 3) BGR uint8 -> (B, 3, S, S) float32 normalised model input (a reused view)."""
