@@ -27,16 +27,16 @@ import json
 import logging
 import os
 import random
-import tempfile
 import time
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from distill._files import write_atomic
 from distill.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -61,18 +61,47 @@ LABEL_SCHEMA = pa.schema(
 )
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Write via a temp file in the same folder, fsync, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def label_row(
+    video: str,
+    frame_index: int,
+    timestamp_s: float,
+    image: bytes,
+    label: str | None,
+    probs: Sequence[float],
+    *,
+    teacher: str,
+    raw: str | None = None,
+) -> dict[str, Any]:
+    """One row of `LABEL_SCHEMA`: a frame (JPEG bytes) and a teacher's answer for it.
+
+    `confidence` is the largest probability (0 for an empty distribution).
+    """
+    values = [float(p) for p in probs]
+    return {
+        "video": video,
+        "frame_index": int(frame_index),
+        "timestamp_s": float(timestamp_s),
+        "image": image,
+        "label": label,
+        "probs": values,
+        "confidence": max(values) if values else 0.0,
+        "teacher": teacher,
+        "raw": raw,
+    }
+
+
+def decode_image(jpeg: bytes) -> np.ndarray:
+    """A label set's stored frame as BGR uint8 (H, W, 3), as OpenCV and `Student` take it.
+
+    Raises:
+        DatasetError: the bytes are not a readable image.
+    """
+    import cv2
+
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DatasetError("a label-set frame is not a readable JPEG; label those videos again")
+    return image
 
 
 def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -179,7 +208,7 @@ class LabelSetWriter:
             return
         table = pa.Table.from_pylist(self._rows, schema=LABEL_SCHEMA)
         name = f"shard-{len(self.manifest['shards']):05d}.parquet"
-        _write_atomic(self.directory / name, lambda fh: pq.write_table(table, fh, compression="zstd"))
+        write_atomic(self.directory / name, lambda fh: pq.write_table(table, fh, compression="zstd"))
         counts = self.manifest["counts"]
         counts["frames"] += table.num_rows
         for label in table.column("label").to_pylist():
@@ -198,7 +227,7 @@ class LabelSetWriter:
 
     def _write_manifest(self) -> None:
         data = json.dumps(self.manifest, indent=2, sort_keys=False).encode("utf-8")
-        _write_atomic(self.directory / MANIFEST, lambda fh: fh.write(data))
+        write_atomic(self.directory / MANIFEST, data)
 
     def close(self) -> None:
         self.flush()
@@ -265,8 +294,3 @@ def split_by_video(videos: Iterable[str], val_fraction: float = 0.2, seed: int =
     rng.shuffle(names)
     n_val = min(max(1, round(len(names) * val_fraction)), len(names) - 1)
     return sorted(names[n_val:]), sorted(names[:n_val])
-
-
-def class_counts(labels: Iterable[str | None]) -> dict[str, int]:
-    """Frames per class (unmatched answers, stored as null, are left out)."""
-    return dict(Counter(label for label in labels if label is not None))

@@ -32,3 +32,18 @@ class TrainError(DistillError):
 
 class ExportError(DistillError):
     """A model cannot be exported, or an exported file is not a distill student."""
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (at most `limit` characters), or its type name when empty.
+
+    What a one-line `DistillError` quotes of a third-party error.
+    """
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for running out of memory: torch's `OutOfMemoryError` (CUDA), `MemoryError`, and runtime errors
+    whose message says "out of memory" (CUDA, cuDNN and ONNX Runtime phrase it so)."""
+    return isinstance(exc, MemoryError) or "OutOfMemory" in type(exc).__name__ or "out of memory" in str(exc).lower()

@@ -1,14 +1,20 @@
-"""The teacher protocol, its answer type, the prompt, and the factory `build_teacher`.
+"""The teacher protocol, its answer type, the prompt, and the registry of backends behind `build_teacher`.
 
-A teacher takes a batch of RGB images and answers, per image, a label (a class name, or None where a free-text
-answer matched no class), a probability per class (config order, summing to 1) and the raw text it generated.
+A teacher takes a batch of `Frame`s (BGR pixels plus video, time and frame index) and answers, per frame, a
+label (a class name, or None where a free-text answer matched no class), a probability per class (config
+order, summing to 1) and the raw text it generated; or None for a frame it has no answer for (the annotations
+teacher, where no segment covers the frame). Labelling, compare and serve's fallback all call `label`.
 
-This module does not load models itself (see `_paligemma.py`) and does not sample or store frames (see `_run.py`).
+Backends register under a name with `register_teacher(name, build=..., describe=...)`, in their own module
+(which imports its heavy libraries only when `build` runs); `distill.label` imports those modules, so every
+backend is registered once the package is imported.
+
+This module does not load models itself and does not sample or store frames (see `_run.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -19,6 +25,7 @@ from distill.errors import TeacherError
 
 if TYPE_CHECKING:
     from distill.config import TaskConfig
+    from distill.video import Frame
 
 _TASK_PREFIXES = ("answer ", "caption ", "describe ", "ocr", "question ", "detect ", "segment ")
 
@@ -44,18 +51,61 @@ class TeacherAnswer:
 
 @runtime_checkable
 class Teacher(Protocol):
-    """What the labelling run and the real-time fallback need from a teacher."""
+    """What labelling, compare and the real-time fallback need from a teacher.
 
-    @property
-    def classes(self) -> tuple[str, ...]: ...
+    Attributes:
+        classes: class names, in the order of every answer's `probs`.
+        input_size: the short side the teacher shrinks images to anyway (callers may pre-shrink frames to it
+            to save memory and transfer); None when it looks at pixels at their own size or not at all.
+    """
 
-    def label(self, images: list[np.ndarray]) -> list[TeacherAnswer]:
-        """Answer for each RGB uint8 (H, W, 3) image."""
+    classes: tuple[str, ...]
+    input_size: int | None
+
+    def label(self, frames: Sequence[Frame]) -> list[TeacherAnswer | None]:
+        """One answer per frame, in order; None where the teacher has no answer for that frame."""
         ...
 
     def describe(self) -> dict[str, Any]:
         """backend, model, mode, prompt (and anything else that makes two label sets comparable)."""
         ...
+
+
+BuildTeacher = Callable[..., Teacher]  # (cfg, *, root=None) -> Teacher
+DescribeTeacher = Callable[["TaskConfig"], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class _Backend:
+    build: BuildTeacher
+    describe: DescribeTeacher
+
+
+_BACKENDS: dict[str, _Backend] = {}
+
+
+def register_teacher(name: str, *, build: BuildTeacher, describe: DescribeTeacher) -> None:
+    """Register a teacher backend under `name` (what `teacher.backend` / `--teacher` select).
+
+    Args:
+        build: `build(cfg, *, root=None) -> Teacher`; `root` is a folder that annotation-style video names
+            may be given under. Heavy libraries are imported inside it, not when its module is imported.
+        describe: `describe(cfg) -> dict`, the teacher's description computed from the config alone (no model
+            is loaded); equal to what the built teacher's `describe()` returns.
+    """
+    _BACKENDS[name] = _Backend(build, describe)
+
+
+def teacher_backends() -> tuple[str, ...]:
+    """The registered backend names, sorted."""
+    return tuple(sorted(_BACKENDS))
+
+
+def _backend(cfg: TaskConfig) -> _Backend:
+    name = cfg.teacher.backend
+    if name not in _BACKENDS:
+        raise TeacherError(f"unknown teacher {name!r}; choose one of: {', '.join(teacher_backends())}")
+    return _BACKENDS[name]
 
 
 def one_hot(index: int | None, k: int) -> np.ndarray:
@@ -112,55 +162,20 @@ def describe_teacher(cfg: TaskConfig) -> dict[str, Any]:
 
     Two runs whose descriptions differ may not share a label set; `Teacher.describe()` returns the same dict.
     """
-    t = cfg.teacher
-    if t.backend == "annotations":
-        from distill.label.annotations import csv_fingerprint
-
-        path = _annotations_path(cfg)
-        return {
-            "backend": "annotations",
-            "model": path.name,
-            "mode": "segments",
-            "prompt": None,
-            "sha256": csv_fingerprint(path),
-        }
-    desc: dict[str, Any] = {
-        "backend": "paligemma",
-        "model": t.model,
-        "mode": t.mode,
-        "prompt": build_prompt(cfg),
-        "class_texts": [c.text for c in cfg.classes],
-    }
-    if t.mode == "generate":
-        desc["max_new_tokens"] = t.max_new_tokens
-    return desc
+    return _backend(cfg).describe(cfg)
 
 
-def _annotations_path(cfg: TaskConfig) -> Path:
-    if not cfg.teacher.annotations:
-        raise TeacherError("the annotations teacher needs a segments CSV; pass --annotations segments.csv")
-    return Path(cfg.teacher.annotations)
-
-
-def build_teacher(cfg: TaskConfig, *, annotations_root: str | Path | None = None) -> Teacher:
-    """Build the teacher the config asks for (`teacher.backend`).
+def build_teacher(cfg: TaskConfig, *, root: str | Path | None = None) -> Teacher:
+    """Build the teacher the config asks for (`teacher.backend`, looked up in the registry).
 
     Args:
         cfg: the task config; needs at least two classes.
-        annotations_root: for the annotations teacher, a folder that CSV video paths may be given under
-            (they are made relative to it, to match the names `find_videos` gives).
+        root: a folder that video names given to the teacher may be relative to (the annotations teacher makes
+            the CSV's paths relative to it, to match the names `find_videos` gives).
 
     Raises:
-        TeacherError: the model cannot be loaded (missing folder, gated or offline weights), a class text
-            tokenises to nothing, or the annotations CSV is unusable; one line naming the fix.
+        TeacherError: an unknown backend (the message lists the registered ones), a model that cannot be
+            loaded, or an unusable annotations file; one line naming the fix.
     """
     cfg.require_classes()
-    if cfg.teacher.backend == "annotations":
-        from distill.label._annotations_teacher import AnnotationsTeacher
-
-        return AnnotationsTeacher(_annotations_path(cfg), cfg.class_names, root=annotations_root)
-    if cfg.teacher.backend == "paligemma":
-        from distill.label._paligemma import load_paligemma
-
-        return load_paligemma(cfg)
-    raise TeacherError(f"unknown teacher {cfg.teacher.backend!r}; choose paligemma or annotations")
+    return _backend(cfg).build(cfg, root=root)
