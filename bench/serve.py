@@ -81,8 +81,10 @@ def export_student(work: Path, clip: Path) -> Path:
                 }  # fmt: skip
             )
     cap.release()
-    meta = build_meta(CLASSES, "mobilenetv3_small_100", 224, label_set={"path": str(labels), "frames": 24})
-    meta["source_short_side"] = SamplingConfig().image_size  # as `distill train` records it: 720p is area-shrunk
+    meta = build_meta(
+        CLASSES, "mobilenetv3_small_100", 224, label_set={"path": str(labels), "frames": 24},
+        source_short_side=SamplingConfig().image_size,  # as `distill train` records it: 720p is area-shrunk
+    )  # fmt: skip
     ckpt = save_student(create_student(meta), meta, work / "student.ckpt")
     export_onnx(ckpt, work / "student.onnx")
     return work / "student.onnx"
@@ -93,6 +95,7 @@ class SleepTeacher:
 
     def __init__(self, sleep_s: float = 1.0) -> None:
         self.classes = tuple(CLASSES)
+        self.input_size = None
         self.sleep_s = sleep_s
         self.calls = 0
 

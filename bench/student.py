@@ -66,13 +66,13 @@ def build(name: str, workdir: Path, calibration: list[np.ndarray]):
     meta = build_meta(CLASSES, name, SIZE, teacher={"backend": "bench"}, label_set={})
     fp32 = workdir / f"{name}.onnx"
     proto = export_graph(model, SIZE)
-    write_metadata(proto, {**meta, "precision": "fp32"})
+    write_metadata(proto, meta.replace(precision="fp32"))
     onnx.save(proto, str(fp32))
     int8 = workdir / f"{name}.int8.onnx"
-    prep = Preprocessor(SIZE, meta["mean"], meta["std"])
+    prep = Preprocessor(SIZE, meta.mean, meta.std)
     quantize_int8(fp32, int8, list(batches(prep, calibration)), INPUT_NAME)
     qproto = onnx.load(str(int8))
-    write_metadata(qproto, {**meta, "precision": "int8"})
+    write_metadata(qproto, meta.replace(precision="int8"))
     onnx.save(qproto, str(int8))
     return model, meta, fp32, int8
 
@@ -80,8 +80,8 @@ def build(name: str, workdir: Path, calibration: list[np.ndarray]):
 def eager_fn(model, meta):
     import torch
 
-    mean = torch.tensor(meta["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(meta["std"]).view(1, 3, 1, 1)
+    mean = torch.tensor(meta.mean).view(1, 3, 1, 1)
+    std = torch.tensor(meta.std).view(1, 3, 1, 1)
 
     def run(frames):
         rgb = [

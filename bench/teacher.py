@@ -1,4 +1,4 @@
-"""Teacher speed: the seed recipe against constrained, batched labelling, on the same PaliGemma.
+"""Teacher speed: the plain one-frame `generate` recipe ("seed recipe") against constrained, batched labelling.
 
 - seed recipe: one frame at a time, `generate(max_new_tokens=10, do_sample=False)`, answer lower-cased and
   stripped to letters (`--mode generate --batch-size 1`). A random model never emits EOS, so it always runs all
@@ -88,14 +88,14 @@ def retarget(teacher: PaliGemmaTeacher, mode: str, max_new_tokens: int) -> PaliG
 
 def frames_per_s(teacher: PaliGemmaTeacher, images: list[np.ndarray], batch: int, cuda: bool, repeats: int) -> float:
     """Best of `repeats` timed passes over `images` in batches (after one warm-up batch)."""
-    teacher.label(images[:batch])  # warm-up (allocations, kernels)
+    teacher.label_rgb(images[:batch])  # warm-up (allocations, kernels)
     best = 0.0
     for _ in range(repeats):
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
         for i in range(0, len(images) - batch + 1, batch):
-            teacher.label(images[i : i + batch])
+            teacher.label_rgb(images[i : i + batch])
         if cuda:
             torch.cuda.synchronize()
         best = max(best, (len(images) // batch) * batch / (time.perf_counter() - start))

@@ -1,7 +1,8 @@
 """The `distill` command line: parse flags, resolve the config, call one library function, print a summary.
 
 Known errors (`DistillError`) become one line on stderr and exit code 1; `--debug` shows the traceback.
-Heavy libraries are imported inside the commands, so `distill --help` is instant.
+Heavy libraries are imported inside the commands, so `distill --help` is instant. The options, and how they
+become config overrides, are declared once in `distill._cli_options`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,44 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from distill._cli_options import (
+    DEFAULT_STUDENT,
+    AnnotationsOpt,
+    ClassesOpt,
+    CompareTeacherOpt,
+    ConfigOpt,
+    DedupOpt,
+    DeviceOpt,
+    EmaAlphaOpt,
+    EndOpt,
+    EpochsOpt,
+    FpsOpt,
+    HoldOpt,
+    HysteresisOpt,
+    InputSizeOpt,
+    JpegSizeOpt,
+    LabelTeacherOpt,
+    LocalFilesOpt,
+    MaxFramesOpt,
+    MaxPerSecondOpt,
+    ModelOpt,
+    ModeOpt,
+    PretrainedOpt,
+    QuestionOpt,
+    ServeTeacherOpt,
+    SmoothingOpt,
+    SoftOpt,
+    StartOpt,
+    StudentOpt,
+    TeacherBatchOpt,
+    TeacherModelOpt,
+    ThresholdOpt,
+    TrainBatchOpt,
+    VideosArg,
+    WindowOpt,
+    overrides,
+    task_config,
+)
 from distill.errors import DistillError
 
 app = typer.Typer(
@@ -75,29 +114,6 @@ def command(func: F) -> F:
     return func
 
 
-# --- shared options ------------------------------------------------------------------------------------------
-
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="Task YAML (classes, question, sampling, ...); flags override it.")
-]
-FpsOpt = Annotated[float | None, typer.Option("--fps", help="Frames sampled per second of video time \\[default: 1].")]
-DedupOpt = Annotated[
-    bool | None,
-    typer.Option("--dedup/--no-dedup", help="Skip frames nearly identical to the last kept one \\[default: on]."),
-]
-MaxFramesOpt = Annotated[int | None, typer.Option("--max-frames", help="At most this many frames per video.")]
-VideosArg = Annotated[
-    list[str], typer.Argument(help="Video files, folders (searched recursively) or globs.", show_default=False)
-]
-
-
-def load_task(config: Path | None, **overrides: Any):
-    """Resolve defaults < YAML < flags (flags left unset do not override)."""
-    from distill.config import load_config
-
-    return load_config(config, overrides)
-
-
 # --- commands ------------------------------------------------------------------------------------------------
 
 
@@ -109,27 +125,14 @@ def sample(
     fps: FpsOpt = None,
     dedup: DedupOpt = None,
     max_frames: MaxFramesOpt = None,
-    start: Annotated[float | None, typer.Option("--start", help="Skip the first S seconds of every video.")] = None,
-    end: Annotated[float | None, typer.Option("--end", help="Stop at S seconds into every video.")] = None,
-    image_size: Annotated[
-        int | None,
-        typer.Option("--image-size", help="Short side of saved JPEGs in pixels, 0 = original \\[default: 320]."),
-    ] = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    image_size: JpegSizeOpt = None,
 ) -> None:
     """Preview sampling: write the frames a labelling run would see (DIR/index.csv + JPEGs)."""
     from distill.sample import run_sample
 
-    cfg = load_task(
-        config,
-        **{
-            "sampling.fps": fps,
-            "sampling.dedup": dedup,
-            "sampling.max_frames_per_video": max_frames,
-            "sampling.start_s": start,
-            "sampling.end_s": end,
-            "sampling.image_size": image_size,
-        },
-    )
+    cfg = task_config(sample, locals())
     summary = run_sample(videos, out, cfg, show_progress=sys.stderr.isatty())
     s = summary.stats
     out_console.print(
@@ -145,34 +148,23 @@ def serve(
     source: Annotated[
         list[str] | None, typer.Option("--source", help="Video file or rtsp:// / http:// URL (repeatable).")
     ] = None,
-    student: Annotated[Path, typer.Option("--student", help="The exported student.")] = Path(
-        "runs/student/student.onnx"
-    ),
+    student: StudentOpt = DEFAULT_STUDENT,
     config: ConfigOpt = None,
-    classes: Annotated[
-        str | None, typer.Option("--classes", help="Class names for the teacher (default: the student's).")
-    ] = None,
-    teacher: Annotated[
-        str | None, typer.Option("--teacher", help="Ask this teacher when unsure: paligemma | annotations.")
-    ] = None,
-    teacher_model: Annotated[str | None, typer.Option("--teacher-model", help="PaliGemma hub id or folder.")] = None,
-    annotations: Annotated[
-        Path | None, typer.Option("--annotations", help="Segments CSV (annotations teacher, recorded files).")
-    ] = None,
-    threshold: Annotated[
-        float | None, typer.Option("--fallback-threshold", help="Ask the teacher below this smoothed confidence.")
-    ] = None,
-    max_per_second: Annotated[
-        float | None, typer.Option("--fallback-max-per-second", help="At most this many teacher calls a second.")
-    ] = None,
-    hold: Annotated[float | None, typer.Option("--teacher-hold", help="Seconds a teacher answer is shown.")] = None,
+    classes: ClassesOpt = None,
+    teacher: ServeTeacherOpt = None,
+    question: QuestionOpt = None,
+    teacher_model: TeacherModelOpt = None,
+    annotations: AnnotationsOpt = None,
+    threshold: ThresholdOpt = None,
+    max_per_second: MaxPerSecondOpt = None,
+    hold: HoldOpt = None,
     hard_examples: Annotated[
         Path, typer.Option("--hard-examples", help="Label set for frames the teacher labelled.")
     ] = Path("runs/hard-examples"),
-    smoothing: Annotated[str | None, typer.Option("--smoothing", help="ema | vote (default: ema).")] = None,
-    ema_alpha: Annotated[float | None, typer.Option("--ema-alpha", help="Weight of the newest frame.")] = None,
-    window: Annotated[int | None, typer.Option("--window", help="Frames in the majority vote.")] = None,
-    hysteresis: Annotated[float | None, typer.Option("--hysteresis", help="Margin a new label must win by.")] = None,
+    smoothing: SmoothingOpt = None,
+    ema_alpha: EmaAlphaOpt = None,
+    window: WindowOpt = None,
+    hysteresis: HysteresisOpt = None,
     display: Annotated[bool, typer.Option("--display/--no-display", help="Show a window per source.")] = True,
     events: Annotated[str | None, typer.Option("--events", help="JSON-lines events file, `-` for stdout.")] = None,
     max_seconds: Annotated[float | None, typer.Option("--max-seconds", help="Stop after S seconds.")] = None,
@@ -181,27 +173,23 @@ def serve(
         int, typer.Option("--threads", help="CPU threads of the student; 1 leaves the other cores to decoding.")
     ] = 1,
 ) -> None:
-    """Classify live streams and files in real time; ask a teacher about unsure frames (`q` or Ctrl-C stops)."""
+    """Classify live streams and files in real time; ask a teacher about unsure frames (`q` or Ctrl-C stops).
+
+    The teacher asks the question and class texts the student recorded, unless --config or --question say otherwise.
+    """
     from distill.realtime import run_serve  # first: distill.video quiets OpenCV's logging before cv2 loads
 
     # isort: split
     from distill.export import Student
-    from distill.realtime.serve import annotations_root, teacher_config
+    from distill.realtime.serve import build_fallback_teacher
 
-    flags = {"teacher.backend": teacher, "teacher.model": teacher_model}
-    flags |= {"teacher.annotations": str(annotations) if annotations else None}
-    flags |= {"serve.fallback_threshold": threshold, "serve.fallback_max_per_second": max_per_second}
-    flags |= {"serve.teacher_hold_s": hold, "serve.smoothing": smoothing, "serve.ema_alpha": ema_alpha}
-    flags |= {"serve.window": window, "serve.hysteresis": hysteresis}
-    cfg = load_task(config, classes=classes, **flags)
+    flags = overrides(serve, locals())
+    cfg = task_config(serve, locals())
     sources = [str(c) for c in camera or []] + list(source or [])
     runtime = Student(student, threads=threads)
     fallback = None
-    if teacher is not None:  # only then: a PaliGemma teacher imports torch
-        from distill.label import build_teacher
-
-        cfg = teacher_config(cfg, runtime.classes)
-        fallback = build_teacher(cfg, annotations_root=annotations_root(sources))
+    if "teacher.backend" in flags:  # --teacher or --annotations; only then: a PaliGemma teacher imports torch
+        cfg, fallback = build_fallback_teacher(cfg, runtime.meta, sources, question=question)
     summary = run_serve(
         sources,
         runtime,
@@ -223,34 +211,18 @@ def label(
     videos: VideosArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="The label set folder.")] = Path("runs/labels"),
     config: ConfigOpt = None,
-    classes: Annotated[
-        str | None, typer.Option("--classes", help="Comma-separated class names, e.g. idle,running.")
-    ] = None,
-    question: Annotated[
-        str | None, typer.Option("--question", help="The prompt; `{choices}` becomes the class texts.")
-    ] = None,
+    classes: ClassesOpt = None,
+    question: QuestionOpt = None,
     fps: FpsOpt = None,
     dedup: DedupOpt = None,
     max_frames: MaxFramesOpt = None,
-    teacher: Annotated[
-        str | None, typer.Option("--teacher", help="paligemma | annotations \\[default: paligemma].")
-    ] = None,
-    teacher_model: Annotated[
-        str | None, typer.Option("--teacher-model", help="PaliGemma hub id or local folder.")
-    ] = None,
-    annotations: Annotated[
-        Path | None, typer.Option("--annotations", help="Segments CSV video,start_s,end_s,label (annotations teacher).")
-    ] = None,
-    mode: Annotated[str | None, typer.Option("--mode", help="constrained | generate \\[default: constrained].")] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Frames per teacher call \\[default: 8].")
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N \\[default: auto].")
-    ] = None,
-    local_files_only: Annotated[
-        bool, typer.Option("--local-files-only", help="Never contact the Hugging Face Hub (offline).")
-    ] = False,
+    teacher: LabelTeacherOpt = None,
+    teacher_model: TeacherModelOpt = None,
+    annotations: AnnotationsOpt = None,
+    mode: ModeOpt = None,
+    batch_size: TeacherBatchOpt = None,
+    device: DeviceOpt = None,
+    local_files_only: LocalFilesOpt = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Start afresh if OUT holds labels from other classes or teacher.")
     ] = False,
@@ -262,14 +234,7 @@ def label(
     """Label sampled frames with a teacher (PaliGemma or an annotations CSV); a rerun resumes where it stopped."""
     from distill.label import run_label
 
-    if annotations is not None and teacher is None:
-        teacher = "annotations"
-    flags = {"classes": classes, "question": question, "sampling.fps": fps, "sampling.dedup": dedup}
-    flags |= {"sampling.max_frames_per_video": max_frames, "teacher.backend": teacher, "teacher.model": teacher_model}
-    flags |= {"teacher.annotations": str(annotations) if annotations else None, "teacher.mode": mode}
-    flags |= {"teacher.batch_size": batch_size, "teacher.device": device}
-    flags |= {"teacher.local_files_only": True if local_files_only else None}
-    cfg = load_task(config, **flags)
+    cfg = task_config(label, locals())
     s = run_label(videos, out, cfg, overwrite=overwrite, show_progress=sys.stderr.isatty(), shard_rows=shard_rows)
     per_class = ", ".join(f"{name} {s.per_class.get(name, 0)}" for name in cfg.class_names)
     lines = [
@@ -331,22 +296,12 @@ def train(
         "runs/student"
     ),
     config: ConfigOpt = None,
-    student: Annotated[
-        str | None, typer.Option("--student", help="Any timm model name \\[default: mobilenetv3_small_100].")
-    ] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs \\[default: 15].")] = None,
-    image_size: Annotated[
-        int | None, typer.Option("--image-size", help="Square input size of the student \\[default: 224].")
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Frames per step \\[default: 64].")] = None,
-    soft: Annotated[
-        bool | None,
-        typer.Option("--soft/--hard", help="Learn the teacher's distributions, or only its labels \\[default: soft]."),
-    ] = None,
-    pretrained: Annotated[
-        bool | None,
-        typer.Option("--pretrained/--no-pretrained", help="Start from timm's pretrained weights \\[default: on]."),
-    ] = None,
+    model: ModelOpt = None,
+    epochs: EpochsOpt = None,
+    image_size: InputSizeOpt = None,
+    batch_size: TrainBatchOpt = None,
+    soft: SoftOpt = None,
+    pretrained: PretrainedOpt = None,
     extra: Annotated[
         list[Path] | None, typer.Option("--extra", help="More label sets (e.g. hard examples), training only.")
     ] = None,
@@ -357,12 +312,10 @@ def train(
         str | None, typer.Option("--precision", help="32-true | 16-mixed | bf16-mixed (default: bf16 on GPU).")
     ] = None,
 ) -> None:
-    """Train a student (timm) on a label set; writes the best checkpoint, metrics.json and student.onnx."""
+    """Train a student (timm) on a label set, then export it: the best checkpoint, metrics.json and student.onnx."""
     from distill.train import run_train
 
-    flags = {"student.model": student, "student.image_size": image_size, "student.pretrained": pretrained}
-    flags |= {"train.epochs": epochs, "train.batch_size": batch_size, "train.soft": soft}
-    cfg = load_task(config, **flags)
+    cfg = task_config(train, locals())
     dev: str | int = int(devices) if devices.isdigit() else devices
     s = run_train(
         labels, out, cfg, extra=extra or (), accelerator=accelerator, devices=dev, precision=precision,
@@ -371,12 +324,15 @@ def train(
     m = s.metrics
     if not m:  # a DDP rank other than 0
         return
+    from distill.export import export_onnx  # torch.onnx and onnxscript load only once training succeeded
+
+    onnx = export_onnx(s.checkpoint, out / "student.onnx", show_progress=sys.stderr.isatty()).path
     lines = [
         f"trained [bold]{s.model}[/] for {s.epochs} epochs ({'soft' if s.soft else 'hard'} targets"
         f"{', class-balanced' if s.balanced else ''}) in {s.seconds:.0f} s; best epoch {s.best_epoch}",
         f"val ({m['frames']} frames): agreement with the teacher [bold]{m['agreement']:.3f}[/], "
         f"accuracy vs its labels {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}",
-        f"-> {s.checkpoint}" + (f", {s.onnx}" if s.onnx else "") + f", {out / 'metrics.json'}",
+        f"-> {s.checkpoint}, {onnx}, {out / 'metrics.json'}",
     ]
     for line in lines:
         out_console.print(line, highlight=False, soft_wrap=True)
@@ -407,7 +363,7 @@ def _print_train_report(kind: str, data: dict[str, Any]) -> None:
         )
 
 
-# --- compare and demo (issue 7) -------------------------------------------------------------------------------
+# --- compare and demo ----------------------------------------------------------------------------------------
 
 
 def _print_compare(report: Any) -> None:
@@ -443,9 +399,7 @@ def compare(
     labels: Annotated[
         Path, typer.Argument(help="Label set to compare on: its held-out videos, or every frame with --all.")
     ] = Path("runs/labels"),
-    student: Annotated[Path, typer.Option("--student", help="The exported student.")] = Path(
-        "runs/student/student.onnx"
-    ),
+    student: StudentOpt = DEFAULT_STUDENT,
     truth: Annotated[
         Path | None, typer.Option("--truth", help="Ground-truth segments CSV video,start_s,end_s,label.")
     ] = None,
@@ -455,16 +409,11 @@ def compare(
     all_frames: Annotated[
         bool, typer.Option("--all", help="Every frame of LABELS (a label set of other videos), not only held-out ones.")
     ] = False,
-    teacher: Annotated[
-        str | None,
-        typer.Option("--teacher", help="Run this teacher here (paligemma | annotations): its answers and speed."),
-    ] = None,
-    teacher_model: Annotated[str | None, typer.Option("--teacher-model", help="PaliGemma hub id or folder.")] = None,
-    annotations: Annotated[
-        Path | None, typer.Option("--annotations", help="Segments CSV for --teacher annotations.")
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Frames per teacher call.")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="Teacher device: auto | cpu | cuda | cuda:N.")] = None,
+    teacher: CompareTeacherOpt = None,
+    teacher_model: TeacherModelOpt = None,
+    annotations: AnnotationsOpt = None,
+    batch_size: TeacherBatchOpt = None,
+    device: DeviceOpt = None,
     config: ConfigOpt = None,
     target: Annotated[
         float,
@@ -475,12 +424,9 @@ def compare(
     from distill.evaluate import run_compare
 
     teacher_cfg = None
-    if teacher is not None or annotations is not None:  # the teacher runs here; its config starts from the label set's
-        saved = labels / "config.yaml"
-        flags = {"teacher.backend": teacher or "annotations", "teacher.model": teacher_model}
-        flags |= {"teacher.annotations": str(annotations) if annotations else None}
-        flags |= {"teacher.batch_size": batch_size, "teacher.device": device}
-        teacher_cfg = load_task(config or (saved if saved.is_file() else None), **flags).require_classes()
+    if "teacher.backend" in overrides(compare, locals()):  # --teacher or --annotations: the teacher runs here
+        saved = labels / "config.yaml"  # without --config, its config starts from the label set's
+        teacher_cfg = task_config(compare, locals(), config or (saved if saved.is_file() else None)).require_classes()
     report = run_compare(
         labels,
         out,

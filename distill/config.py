@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from distill._files import write_atomic
 from distill.errors import ConfigError
 
 DEFAULT_TEACHER_MODEL = "google/paligemma2-3b-mix-224"
@@ -86,7 +87,7 @@ class SamplingConfig:
 class TeacherConfig:
     """The vision-language model (or annotations file) that labels frames."""
 
-    backend: str = "paligemma"  # paligemma | annotations
+    backend: str = "paligemma"  # a registered teacher (`distill.label.teacher_backends()`), checked when built
     model: str = DEFAULT_TEACHER_MODEL  # hub id or local folder
     mode: str = "constrained"  # constrained | generate
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float16 | float32
@@ -97,10 +98,7 @@ class TeacherConfig:
     annotations: str | None = None  # CSV of segments, annotations backend only
 
     def __post_init__(self) -> None:
-        _check(
-            self.backend in {"paligemma", "annotations"},
-            _choice_msg("teacher backend", self.backend, "paligemma", "annotations"),
-        )
+        _check(bool(self.backend.strip()), "teacher backend is empty; pass --teacher paligemma or annotations")
         _check(
             self.mode in {"constrained", "generate"}, _choice_msg("teacher mode", self.mode, "constrained", "generate")
         )
@@ -375,7 +373,4 @@ def config_from_dict(data: Mapping[str, Any], where: str = "config") -> TaskConf
 
 def save_config(cfg: TaskConfig, path: str | Path) -> Path:
     """Write the resolved config as YAML next to a run's outputs, so the run can be repeated."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-    return path
+    return write_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -47,3 +47,15 @@ def is_out_of_memory(exc: BaseException) -> bool:
     """True for running out of memory: torch's `OutOfMemoryError` (CUDA), `MemoryError`, and runtime errors
     whose message says "out of memory" (CUDA, cuDNN and ONNX Runtime phrase it so)."""
     return isinstance(exc, MemoryError) or "OutOfMemory" in type(exc).__name__ or "out of memory" in str(exc).lower()
+
+
+def release_gpu_memory() -> None:
+    """Return cached CUDA memory to the driver after running out of it, if torch is already loaded.
+
+    Never imports torch: a process that has not loaded it (serving an ONNX student) has no CUDA cache.
+    """
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -16,7 +16,7 @@ import glob
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -375,11 +375,6 @@ def open_source(source: Source | str | int) -> cv2.VideoCapture:
         cap.release()
         raise VideoError(f"cannot open {source.kind} {source.display_name}; check that it exists and is reachable")
     return cap
-
-
-def describe_failures(failures: Sequence[Failure]) -> list[str]:
-    """One line per failure, for warnings and summaries."""
-    return [f"{f.name}: {f.reason}" for f in failures]
 
 
 def sample_videos(

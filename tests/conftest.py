@@ -55,6 +55,20 @@ def make_clip(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `@pytest.mark.gpu` tests on machines without a CUDA GPU (they run wherever one is at hand)."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_tests:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in gpu_tests:
+        item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """One intra-op thread for torch: on a busy 2-core CI machine two threads made small steps up to ~90x slower."""

@@ -40,13 +40,38 @@ def test_classification_metrics_match_sklearn_and_hand_values():
     assert m["macro_f1"] == pytest.approx((0.5 + 0.5 + 0.5 + 1.0) / 4)
     assert m["confusion"] == confusion_matrix(TRUTH, STUDENT, labels=CLASSES).tolist()
     assert m["confusion"][0] == [1, 1, 0, 0]  # one active frame called idle
-    assert m["per_class"]["offline"] == {"precision": 1.0, "recall": 1.0, "f1-score": 1.0, "support": 2.0}
+    assert m["per_class"]["offline"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2}
 
 
-def test_macro_f1_ignores_classes_that_never_occur():
+def test_macro_f1_averages_over_every_task_class():
+    """A class the truth never shows and no model predicts scores 0: the mean is over the task's classes."""
     m = classification_metrics(["a", "a", "b"], ["a", "b", "b"], ["a", "b", "c"])
-    assert m["macro_f1"] == pytest.approx(f1_score(["a", "a", "b"], ["a", "b", "b"], average="macro"))
-    assert m["per_class"]["c"]["support"] == 0
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)
+    assert m["macro_f1"] == pytest.approx(f1_score(["a", "a", "b"], ["a", "b", "b"], labels=["a", "b", "c"],
+                                                   average="macro", zero_division=0))  # fmt: skip
+    assert m["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+
+
+@pytest.mark.parametrize(
+    "truth, pred",
+    [
+        ([0, 1, 2, 1, 1, 3, 3, 0], [0, 1, 2, 2, 1, 3, 0, 0]),  # every class in the truth
+        ([0, 0, 1, 1, 1, 0], [0, 1, 1, 2, 1, 0]),  # classes 2 and 3 absent from the truth, 2 predicted once
+        ([2, 2, 2], [2, 2, 2]),  # one class only
+    ],
+    ids=["all-present", "absent-from-truth", "one-class"],
+)
+def test_train_and_compare_macro_f1_agree(truth, pred):
+    """Training's metrics.json (indices, student vs teacher) and compare's (names) give the same figures."""
+    from distill.train.metrics import student_metrics
+
+    classes = ["a", "b", "c", "d"]
+    probs = np.eye(len(classes), dtype=np.float32)[pred]  # (N, K) the student's one-hot predictions
+    train = student_metrics(probs, np.array(truth), np.array(truth), classes)
+    compare = classification_metrics([classes[i] for i in truth], [classes[i] for i in pred], classes)
+    assert train["macro_f1"] == compare["macro_f1"]
+    assert train["per_class"] == compare["per_class"]
+    assert set(train["per_class"]["a"]) == {"precision", "recall", "f1", "support"}
 
 
 def test_agreement_overall_and_per_teacher_class():

@@ -49,7 +49,7 @@ def test_demo_writes_every_artifact(demo_run):
     from distill.export import Student
 
     stored = json.loads((out / "labels" / "manifest.json").read_text())["config"]["sampling"]["image_size"]
-    assert Student(out / "student" / "student.onnx").meta["source_short_side"] == stored > 0
+    assert Student(out / "student" / "student.onnx").meta.source_short_side == stored > 0
     for name in (
         "report.html",
         "report.md",

@@ -1,8 +1,8 @@
 """Export of a really trained student: parity, metadata, Student vs PyTorch, INT8/FP16 agreement, gates, bad input.
 
 One tiny student (resnet10t, 48 px, 2 epochs on a generated label set) is trained once per module through
-`distill.train.run_train`, which itself ends by exporting `student.onnx`. Tests that only exercise the gates
-reuse that graph instead of re-running the exporter.
+`distill.train.run_train` and exported to `student.onnx` the way `distill train` does. Tests that only exercise
+the gates reuse that graph instead of re-running the exporter.
 """
 
 from __future__ import annotations
@@ -24,21 +24,7 @@ from distill.config import load_config
 from distill.dataset import read_table
 from distill.errors import DistillError, ExportError
 from distill.export import Student, export_onnx, onnx_export, read_metadata
-from distill.train import load_student, read_meta
-
-CONTRACT_KEYS = (
-    "classes",
-    "model",
-    "image_size",
-    "mean",
-    "std",
-    "channel_order",
-    "resize",
-    "interpolation",
-    "teacher",
-    "label_set",
-    "metrics",
-)
+from distill.train import StudentMeta, load_student, read_meta
 
 
 @dataclass
@@ -70,11 +56,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
         }
     )
     summary = run_train(labels, root / "run", cfg, accelerator="cpu", num_workers=0)
+    export_onnx(summary.checkpoint, root / "run" / "student.onnx")
     test_set = write_label_set(root / "test", videos=2, frames_per_class=12, size=(48, 64), seed=7, prefix="test")
     jpegs = read_table(test_set, columns=["image"]).column("image").to_pylist()
     frames = [cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR) for j in jpegs]
     frames += [cv2.resize(f, (1280, 720), interpolation=cv2.INTER_NEAREST) for f in frames[::6]]  # 720p frames too
-    return Trained(root, labels, root / "run", summary.checkpoint, summary.onnx, frames)
+    return Trained(root, labels, root / "run", summary.checkpoint, root / "run" / "student.onnx", frames)
 
 
 @pytest.fixture
@@ -89,12 +76,12 @@ def reuse_graph(trained: Trained, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(onnx_export, "export_graph", graph)
 
 
-def torch_reference(model: torch.nn.Module, meta: dict, frames: list[np.ndarray]) -> np.ndarray:
+def torch_reference(model: torch.nn.Module, meta: StudentMeta, frames: list[np.ndarray]) -> np.ndarray:
     """(N, K) logits the way training sees frames: squash (bilinear), BGR->RGB, /255, normalise in torch."""
-    size = meta["image_size"]
+    size = meta.image_size
     rgb = [cv2.cvtColor(cv2.resize(f, (size, size), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB) for f in frames]
     x = torch.from_numpy(np.stack(rgb)).permute(0, 3, 1, 2).float() / 255.0
-    x = (x - torch.tensor(meta["mean"]).view(1, 3, 1, 1)) / torch.tensor(meta["std"]).view(1, 3, 1, 1)
+    x = (x - torch.tensor(meta.mean).view(1, 3, 1, 1)) / torch.tensor(meta.std).view(1, 3, 1, 1)
     with torch.no_grad():
         return model(x).numpy()
 
@@ -109,21 +96,21 @@ def test_training_exports_a_parity_checked_onnx(trained: Trained) -> None:
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 18
     batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_dim.dim_param and not batch_dim.dim_value  # dynamic batch axis
-    checks = read_metadata(trained.onnx)["checks"]
+    checks = read_metadata(trained.onnx).checks
     parity = checks["parity"]
     assert parity["top1_match"] == 1.0
     assert parity["max_abs_diff"] < parity["limit"] <= 1e-3
     assert parity["source"].startswith("val split of ") and str(trained.labels) in parity["source"]
-    val_frames = read_meta(trained.ckpt)["metrics"]["frames"]
-    assert parity["frames"] == val_frames  # exactly the training run's val split, recomputed
+    val_frames = read_meta(trained.ckpt).metrics["frames"]
+    assert parity["frames"] == val_frames  # exactly the frames the student's recorded split held out
 
 
 def test_metadata_round_trips(trained: Trained) -> None:
     ckpt_meta = read_meta(trained.ckpt)
     onnx_meta = read_metadata(trained.onnx)
-    assert {k: onnx_meta[k] for k in CONTRACT_KEYS} == {k: ckpt_meta[k] for k in CONTRACT_KEYS}
-    assert onnx_meta["classes"] == CLASSES and onnx_meta["precision"] == "fp32"
-    assert onnx_meta["metrics"]["agreement"] == ckpt_meta["metrics"]["agreement"]  # training figures travel too
+    assert onnx_meta.replace(checks={}) == ckpt_meta  # the export adds its checks, and changes nothing else
+    assert onnx_meta.classes == tuple(CLASSES) and onnx_meta.precision == "fp32" and onnx_meta.checks["parity"]
+    assert onnx_meta.metrics["agreement"] > 0 and onnx_meta.split is not None  # training figures and split travel
     student = Student(trained.onnx)
     assert student.meta == onnx_meta and student.image_size == 48
 
@@ -132,7 +119,7 @@ def test_student_gives_the_pytorch_labels(trained: Trained) -> None:
     model, meta = load_student(trained.ckpt)
     want = torch_reference(model, meta, trained.test_frames)  # (N, K)
     pred = Student(trained.onnx, threads=2).predict(trained.test_frames, batch_size=16)
-    labels = [meta["classes"][i] for i in want.argmax(1)]
+    labels = [meta.classes[i] for i in want.argmax(1)]
     assert len(set(labels)) >= 2, "the tiny student should not be constant; the comparison would be vacuous"
     assert pred.labels == labels
     probs = torch.softmax(torch.from_numpy(want), 1).numpy()
@@ -160,9 +147,9 @@ def test_int8_agrees_with_fp32_on_a_test_set(trained: Trained, variants) -> None
     agree = np.mean([a == b for a, b in zip(fp32.labels, q.labels, strict=True)])
     assert agree >= 0.98, f"INT8 agrees with fp32 on {agree:.1%} of {len(q.labels)} test frames"
     meta = read_metadata(int8.path)
-    assert meta["precision"] == "int8" and meta["classes"] == CLASSES
-    assert meta["checks"]["agreement_fp32"] == int8.agreement_fp32 >= 0.98
-    assert "train-split frames of" in meta["checks"]["calibration"]
+    assert meta.precision == "int8" and meta.classes == tuple(CLASSES)
+    assert meta.checks["agreement_fp32"] == int8.agreement_fp32 >= 0.98
+    assert "train-split frames of" in meta.checks["calibration"]
 
 
 def test_fp16_is_checked_and_keeps_float32_io(trained: Trained, variants) -> None:
@@ -171,7 +158,7 @@ def test_fp16_is_checked_and_keeps_float32_io(trained: Trained, variants) -> Non
     assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.graph.initializer)
     meta = read_metadata(fp16.path)
-    assert meta["precision"] == "fp16" and meta["checks"]["agreement_fp32"] == fp16.agreement_fp32 >= 0.98
+    assert meta.precision == "fp16" and meta.checks["agreement_fp32"] == fp16.agreement_fp32 >= 0.98
     pred = Student(fp16.path).predict(trained.test_frames)
     assert pred.probs.dtype == np.float32 and len(pred.labels) == len(trained.test_frames)
     assert len(variants.lines()) == 3 and "int8" in variants.lines()[1] and "teacher" in variants.lines()[2]
@@ -201,7 +188,7 @@ def test_variant_below_98_percent_fails_unless_forced(
     assert out.exists() and not (out.parent / "student.fp16.onnx").exists()
     report = export_onnx(trained.ckpt, out, fp16=True, force=True)
     (fp16,) = report.variants
-    assert fp16.forced and fp16.path.exists() and read_metadata(fp16.path)["checks"]["forced"] is True
+    assert fp16.forced and fp16.path.exists() and read_metadata(fp16.path).checks["forced"] is True
     assert "kept by --force" in fp16.line()
 
 

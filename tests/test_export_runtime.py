@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 
 from distill.errors import ExportError
 from distill.export import Preprocessor, Student, read_metadata
-from distill.export.metadata import FORMAT, meta_to_props, props_to_meta, write_metadata
+from distill.export.metadata import FORMAT, StudentMeta, write_metadata
 from distill.export.runtime import default_providers, softmax
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -37,7 +37,7 @@ def reference_input(frames: list[np.ndarray], size: int, mean=MEAN, std=STD) -> 
     return np.stack(out).astype(np.float32)
 
 
-def meta(**changes) -> dict:
+def meta(**changes) -> StudentMeta:
     base = {
         "classes": CLASSES,
         "model": "handmade",
@@ -51,7 +51,7 @@ def meta(**changes) -> dict:
         "label_set": {"path": "runs/labels", "frames": 10, "classes": CLASSES},
         "metrics": {"agreement": 0.9},
     }
-    return {**base, **changes}
+    return StudentMeta(**{**base, **changes})
 
 
 # logits = W @ mean_over_pixels(x) + b; channel c of the RGB input votes for class c (blue, green, red reversed)
@@ -63,7 +63,7 @@ def expected_logits(x: np.ndarray) -> np.ndarray:
     return x.mean(axis=(2, 3)) @ WEIGHTS.T + BIAS
 
 
-def handmade_model(with_meta: dict | None = None) -> onnx.ModelProto:
+def handmade_model(with_meta: StudentMeta | None = None) -> onnx.ModelProto:
     nodes = [
         helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
         helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
@@ -181,8 +181,7 @@ def test_metadata_round_trips_through_the_file(student_path: Path) -> None:
     assert props["distill.format"] == FORMAT
     assert json.loads(props["distill.classes"]) == CLASSES  # plain JSON, readable by any ONNX tool
     got = read_metadata(student_path)
-    assert {k: got[k] for k in meta()} == meta()
-    assert got["precision"] == "fp32"
+    assert got == meta() and got.precision == "fp32" and got.classes == tuple(CLASSES)
 
 
 def test_write_metadata_keeps_foreign_props_and_replaces_old_distill_ones() -> None:
@@ -206,22 +205,25 @@ def test_write_metadata_keeps_foreign_props_and_replaces_old_distill_ones() -> N
         ({"std": [0.2, 0.0, 0.2]}, "std must be > 0"),
         ({"resize": "center-crop"}, "resize 'center-crop' is not supported"),
         ({"channel_order": "RGBA"}, "channel_order"),
+        ({"class_texts": ["one", "two"]}, "2 class texts for 3 classes"),
+        ({"split": {"mode": "by-time", "val_videos": ["a.mp4"]}}, "unknown split mode"),
     ],
 )
 def test_bad_metadata_values_are_one_line_errors(change: dict, message: str) -> None:
+    props = {**meta().to_props(), **{f"distill.{k}": json.dumps(v) for k, v in change.items()}}
     with pytest.raises(ExportError, match=message) as err:
-        props_to_meta(meta_to_props(meta(**change)), "m.onnx")
-    assert "\n" not in str(err.value) and "distill export" in str(err.value)
+        StudentMeta.from_props(props, "m.onnx")
+    assert "\n" not in str(err.value) and str(err.value).startswith("m.onnx: ") and "retrain" in str(err.value)
 
 
 def test_newer_format_and_unreadable_values_are_reported() -> None:
-    props = meta_to_props(meta())
+    props = meta().to_props()
     with pytest.raises(ExportError, match="upgrade distill"):
-        props_to_meta({**props, "distill.format": "distill-student/9"}, "m.onnx")
+        StudentMeta.from_props({**props, "distill.format": "distill-student/9"}, "m.onnx")
     with pytest.raises(ExportError, match="unreadable distill.classes"):
-        props_to_meta({**props, "distill.classes": "[not json"}, "m.onnx")
-    with pytest.raises(ExportError, match="lacks the distill.model"):
-        props_to_meta({k: v for k, v in props.items() if k != "distill.model"}, "m.onnx")
+        StudentMeta.from_props({**props, "distill.classes": "[not json"}, "m.onnx")
+    with pytest.raises(ExportError, match="lacks model"):
+        StudentMeta.from_props({k: v for k, v in props.items() if k != "distill.model"}, "m.onnx")
 
 
 # --- Student -----------------------------------------------------------------------------------------------------
@@ -230,7 +232,7 @@ def test_newer_format_and_unreadable_values_are_reported() -> None:
 def test_student_reads_metadata_and_predicts_like_numpy(student_path: Path) -> None:
     student = Student(student_path, providers=["CPUExecutionProvider"], threads=1)
     assert student.classes == tuple(CLASSES) and student.image_size == SIZE
-    assert student.meta["teacher"]["backend"] == "annotations" and student.meta["metrics"] == {"agreement": 0.9}
+    assert student.meta.teacher["backend"] == "annotations" and student.meta.metrics == {"agreement": 0.9}
     batch = frames(11)
     pred = student.predict(batch)
     want = softmax(expected_logits(reference_input(batch, SIZE)))

@@ -183,6 +183,7 @@ class OutOfMemoryError(RuntimeError):
 
 class FakeTeacher:
     classes = ("a", "b")
+    input_size = 24  # frames are handed over pre-shrunk to this short side
 
     def __init__(self, max_batch: int = 1000, fail_on_call: int | None = None, on_call=None) -> None:
         self.max_batch, self.fail_on_call, self.on_call = max_batch, fail_on_call, on_call
@@ -192,17 +193,19 @@ class FakeTeacher:
     def describe(self):
         return {"backend": "fake", "model": "fake", "mode": "test", "prompt": None}
 
-    def label(self, images):
-        self.calls.append(len(images))
+    def label(self, frames):
+        self.calls.append(len(frames))
         if self.on_call:
-            self.on_call(images)
+            self.on_call(frames)
         if len(self.calls) == self.fail_on_call:
             raise RuntimeError("teacher exploded")
-        if len(images) > self.max_batch:
+        if len(frames) > self.max_batch:
             raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        assert all(img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8 for img in images)
+        for f in frames:
+            assert f.image.dtype == np.uint8 and f.image.shape[2] == 3 and min(f.image.shape[:2]) == self.input_size
+            assert f.video == "clip.mp4" and f.timestamp_s == pytest.approx(f.frame_index / 25)
         answers = []
-        for _ in images:  # every third frame answered overall gets an answer that matched no class
+        for _ in frames:  # every third frame answered overall gets an answer that matched no class
             self.answered += 1
             unmatched = self.answered % 3 == 1
             probs = np.array([0.5, 0.5] if unmatched else [0.2, 0.8], np.float32)
@@ -322,7 +325,10 @@ def _bad_inputs(tmp_path: Path, tiny: Path) -> dict[str, tuple[list[str], str]]:
     base = [str(videos), "--classes", "red,green,blue", "--out", str(tmp_path / "out")]
     model = ["--teacher-model", str(tiny), "--local-files-only", "--device", "cpu"]
     return {
-        "unknown teacher": ([*base, "--teacher", "gpt4"], "unknown teacher backend 'gpt4'"),
+        "unknown teacher": (
+            [*base, "--teacher", "gpt4"],
+            "unknown teacher backend 'gpt4'; choose one of: annotations, paligemma",
+        ),
         "missing model folder": ([*base, "--teacher-model", str(tmp_path / "no" / "model")], "--teacher-model"),
         "class tokenises to nothing": ([*base[:2], "cat,☃", *base[3:], *model], "tokenises to nothing"),
         "empty question": ([*base, "--question", "  ", *model], "question is empty"),

@@ -1,5 +1,5 @@
 """The PaliGemma teacher on a tiny random PaliGemma (saved and loaded back with `from_pretrained`), the class
-trie, prompt and answer matching."""
+trie, prompt and answer matching. The teacher is called as every caller does, with BGR `Frame`s."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from distill.config import load_config
 from distill.errors import TeacherError
 from distill.label import build_prompt, build_teacher, match_class, normalize_answer
 from distill.label._trie import ClassTrie
+from distill.video import Frame
 
 ONE_TOKEN = "cat,dog,bird"
 SHARED_PREFIX = "idle,idle warning,running,stopped"
@@ -40,8 +41,14 @@ DECODERS = pytest.mark.parametrize("text_model", ["gemma", "gemma2"])  # PaliGem
 
 
 def images(n: int, seed: int = 0) -> list[np.ndarray]:
+    """RGB images, what the model is given."""
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, (24 + i % 3 * 8, 40, 3), dtype=np.uint8) for i in range(n)]
+
+
+def frames(imgs: list[np.ndarray]) -> list[Frame]:
+    """The same pixels as `Frame`s (BGR, as OpenCV decodes them): what callers hand a teacher."""
+    return [Frame("v.mp4", i, i / 25, np.ascontiguousarray(img[..., ::-1])) for i, img in enumerate(imgs)]
 
 
 def generate_labels(teacher, imgs) -> list[str | None]:
@@ -67,7 +74,7 @@ def generate_labels(teacher, imgs) -> list[str | None]:
 @pytest.mark.parametrize("classes", [ONE_TOKEN, SHARED_PREFIX])
 def test_constrained_answers_are_classes_with_distributions(teachers, classes, text_model):
     teacher = teachers(classes, text_model=text_model)
-    answers = teacher.label(images(24))
+    answers = teacher.label(frames(images(24)))
     assert len(answers) == 24
     assert all(a.label in teacher.classes for a in answers)
     probs = np.stack([a.probs for a in answers])
@@ -90,7 +97,7 @@ def test_class_tokenisation_covers_both_cases(teachers):
 def test_constrained_label_equals_transformers_generate_with_the_same_trie(teachers, classes, seed, text_model):
     teacher = teachers(classes, text_model=text_model)
     imgs = images(16, seed)
-    ours = [a.label for a in teacher.label(imgs)]
+    ours = [a.label for a in teacher.label(frames(imgs))]  # BGR frames; generate_labels gives the model RGB
     assert ours == generate_labels(teacher, imgs)
     assert len(set(ours)) >= 2
 
@@ -101,7 +108,7 @@ def test_constrained_label_equals_transformers_generate_with_the_same_trie(teach
 def test_shared_prefix_classes_are_chosen_somewhere(teachers, text_model, expected):
     """The cross-check above only means something for "idle" vs "idle warning" if they occur."""
     teacher = teachers(SHARED_PREFIX, text_model=text_model)
-    labels = {a.label for seed in range(2) for a in teacher.label(images(16, seed))}
+    labels = {a.label for seed in range(2) for a in teacher.label(frames(images(16, seed)))}
     assert expected <= labels
 
 
@@ -110,8 +117,8 @@ def test_shared_prefix_classes_are_chosen_somewhere(teachers, text_model, expect
 def test_batch_equals_one_at_a_time(teachers, classes, text_model):
     teacher = teachers(classes, text_model=text_model)
     imgs = images(10, seed=3)
-    batch = teacher.label(imgs)
-    single = [teacher.label([img])[0] for img in imgs]
+    batch = teacher.label(frames(imgs))
+    single = [teacher.label([frame])[0] for frame in frames(imgs)]
     assert [a.label for a in batch] == [a.label for a in single]
     np.testing.assert_allclose(np.stack([a.probs for a in batch]), np.stack([a.probs for a in single]), atol=1e-5)
 
@@ -140,7 +147,7 @@ def test_probs_equal_k_separate_teacher_forced_forwards(teachers, text_model):
             lp = logits[:, p - 1 : -1].float().log_softmax(-1).gather(2, suffix[..., None])[..., 0]
             scores.append(lp.sum(1))
     expected = torch.stack(scores, 1).softmax(1).numpy()
-    got = np.stack([a.probs for a in teacher.label(imgs)])
+    got = np.stack([a.probs for a in teacher.label(frames(imgs))])
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
@@ -157,7 +164,7 @@ def test_generate_mode_keeps_raw_and_never_guesses(teachers, monkeypatch):
         return torch.cat([kwargs["input_ids"], new], 1)
 
     monkeypatch.setattr(teacher.model, "generate", fake_generate)
-    got = teacher.label(images(5))
+    got = teacher.label(frames(images(5)))
     assert [a.label for a in got] == ["idle warning", "idle", None, None, "stopped"]
     assert [a.raw for a in got] == answers
     np.testing.assert_allclose(got[2].probs, 0.25)  # unmatched: uniform, confidence 1/K
@@ -166,7 +173,7 @@ def test_generate_mode_keeps_raw_and_never_guesses(teachers, monkeypatch):
 
 def test_generate_mode_on_the_real_model_returns_raw_text(teachers):
     teacher = teachers(ONE_TOKEN, "generate")
-    answers = teacher.label(images(3))
+    answers = teacher.label(frames(images(3)))
     assert all(a.raw is not None and (a.label is None or a.label in teacher.classes) for a in answers)
     assert all(
         a.label == (None if match_class(a.raw, teacher.classes, teacher.texts) is None else a.label) for a in answers
@@ -178,7 +185,8 @@ def test_describe_holds_the_exact_prompt(teachers):
     d = teacher.describe()
     assert d["backend"] == "paligemma" and d["mode"] == "constrained"
     assert d["prompt"] == "answer en which of these best describes the image: idle, idle warning, running or stopped?"
-    assert d["prompt"] == teacher.prompt
+    assert d["prompt"] == teacher.prompt and d["class_texts"] == ["idle", "idle warning", "running", "stopped"]
+    assert teacher.input_size == 32  # the tiny model's square input: callers may pre-shrink frames to it
     # the prompt the model sees is exactly that text after the image tokens and BOS, then a newline
     text = teacher.processor.tokenizer.decode(teacher.prefix_ids[0], skip_special_tokens=False)
     assert text.endswith("<bos>" + d["prompt"] + "\n")

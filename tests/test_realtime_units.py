@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 from test_serve_fixtures import CLASSES, FixedTeacher
 
-from distill.errors import ConfigError, VideoError
+from distill.errors import ConfigError, VideoError, is_out_of_memory
 from distill.realtime import capture as capture_module
 from distill.realtime._state import LatencyHistogram, Slot, Workers
 from distill.realtime.capture import CapturedFrame, CaptureWorker
-from distill.realtime.fallback import FallbackWorker, Request, is_out_of_memory
+from distill.realtime.fallback import FallbackWorker, Request
 from distill.realtime.hard_examples import HardExamples
 from distill.realtime.inference import Shown
 from distill.realtime.sinks import EventLog, render_overlay
 from distill.realtime.smoothing import Smoother
-from distill.video import parse_source
+from distill.video import Frame, parse_source
 
 # --- slots and histogram ------------------------------------------------------------------------------------
 
@@ -212,7 +212,9 @@ def test_fallback_reorders_teacher_probabilities_to_the_student_classes(tmp_path
     row = read_table(tmp_path / "hard").to_pylist()[0]
     assert row["label"] == "green" and row["probs"] == [0.0, 1.0, 0.0]
     assert (row["video"], row["frame_index"], row["timestamp_s"]) == ("v.mp4", 3, 0.12)
-    assert hard.add(Request(captured(4), "v.mp4", 0.16), "red", np.eye(3)[0], None) is False  # closed
+    assert hard.add(Frame("v.mp4", 4, 0.16, captured(4).image), "red", np.eye(3)[0], None) is False  # closed
+    (frame,) = teacher.frames  # the teacher was given the frame with the name and time hard examples store
+    assert (frame.video, frame.frame_index, frame.timestamp_s) == ("v.mp4", 3, 0.12)
 
 
 @pytest.mark.parametrize(

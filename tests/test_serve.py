@@ -94,8 +94,10 @@ def test_fallback_writes_hard_examples_that_load_labels_reads(tmp_path: Path, st
     assert ds[0]["probs"] == [0.0, 1.0, 0.0] and ds[0]["teacher"].startswith("test:")
     manifest = read_manifest(hard)
     assert manifest["classes"] == list(CLASSES) and manifest["teacher"]["backend"] == "test"
-    # the teacher saw RGB frames of the clip: red first (RGB order means channel 0 is high)
-    assert teacher.images[0][..., 0].mean() > 200 and teacher.images[0][..., 2].mean() < 60
+    # the teacher saw the clip's frames as OpenCV gives them (BGR: red is channel 2), with their provenance
+    first = teacher.frames[0]
+    assert first.image[..., 2].mean() > 200 and first.image[..., 0].mean() < 60
+    assert first.video == "rb.mp4" and first.timestamp_s < 1.0
     labels, _ = read_events(events)
     assert any(e["by"] == "teacher" and e["label"] == "green" for e in labels)
 
@@ -215,6 +217,68 @@ def test_cli_serve_with_annotations_teacher_keeps_hard_examples(tmp_path: Path, 
     for row in ds:  # each stored frame carries the label of the segment covering it
         assert row["label"] == ("green" if row["timestamp_s"] < 1.0 else "blue")
     assert read_manifest(hard)["teacher"]["backend"] == "annotations"
+
+
+QUESTION = "what is the machine state? {choices}"
+ASKED = "answer en what is the machine state? cat, dog or bird"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from _tiny_paligemma import tiny_paligemma_dir
+
+    return tiny_paligemma_dir(tmp_path_factory.getbasetemp())
+
+
+@pytest.mark.parametrize("backend", ["annotations", "paligemma"])
+def test_cli_serve_teacher_asks_what_labelling_asked(tmp_path: Path, backend: str, tiny_model: Path) -> None:
+    """The student recorded a question and class texts other than its class names; the fallback teacher asks
+    exactly that, and the hard examples record it, though the user named neither."""
+    texts = ("cat", "dog", "bird")
+    student = make_student(tmp_path / "student.onnx", question=QUESTION, class_texts=texts, prompt=ASKED)
+    clip = colour_clip(tmp_path / "rb.mp4", ["red", "blue"], seconds_each=0.4)
+    hard = tmp_path / "hard"
+    args = ["serve", "--source", str(clip), "--student", str(student), "--no-display", "--fast"]
+    args += ["--teacher", backend, "--hard-examples", str(hard), "--fallback-threshold", "1"]
+    if backend == "annotations":
+        (tmp_path / "segments.csv").write_text("video,start_s,end_s,label\nrb.mp4,0,0.8,green\n")
+        args += ["--annotations", str(tmp_path / "segments.csv"), "--fallback-max-per-second", "50"]
+    else:  # a config that names no classes: the device and model only
+        config = tmp_path / "teacher.yaml"
+        config.write_text(f"teacher: {{model: '{tiny_model}', device: cpu, local_files_only: true}}\n")
+        args += ["--config", str(config), "--fallback-max-per-second", "5"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(hard)
+    assert manifest["counts"]["frames"] >= 1 and manifest["teacher"]["backend"] == backend
+    assert manifest["config"]["question"] == QUESTION
+    assert manifest["config"]["classes"] == [{"name": n, "text": t} for n, t in zip(CLASSES, texts)]
+    if backend == "paligemma":
+        assert manifest["teacher"]["prompt"] == ASKED and manifest["teacher"]["class_texts"] == list(texts)
+
+
+def test_cli_serve_question_replaces_the_recorded_one(tmp_path: Path) -> None:
+    student = make_student(tmp_path / "student.onnx", question=QUESTION, class_texts=("cat", "dog", "bird"))
+    clip = colour_clip(tmp_path / "r.mp4", ["red"], seconds_each=0.2)
+    (tmp_path / "segments.csv").write_text("video,start_s,end_s,label\nr.mp4,0,1,red\n")
+    hard = tmp_path / "hard"
+    args = ["serve", "--source", str(clip), "--student", str(student), "--no-display", "--fast"]
+    args += ["--teacher", "annotations", "--annotations", str(tmp_path / "segments.csv"), "--hard-examples", str(hard)]
+    result = runner.invoke(app, [*args, "--fallback-threshold", "1", "--question", "which colour? {choices}"])
+    assert result.exit_code == 0, result.output
+    config = read_manifest(hard)["config"]
+    assert config["question"] == "which colour? {choices}" and config["classes"][0] == {"name": "red", "text": "cat"}
+
+
+def test_cli_serve_refuses_a_config_whose_classes_differ_from_the_students(tmp_path: Path, student_path: Path) -> None:
+    config = tmp_path / "task.yaml"
+    config.write_text("classes: [cat, dog]\n")
+    (tmp_path / "segments.csv").write_text("video,start_s,end_s,label\nrb.mp4,0,1,cat\n")
+    args = ["serve", "--source", "x.mp4", "--student", str(student_path), "--no-display", "--config", str(config)]
+    result = runner.invoke(app, [*args, "--teacher", "annotations", "--annotations", str(tmp_path / "segments.csv")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error")]
+    assert len(lines) == 1 and "(cat, dog) differ from the student's (red, green, blue)" in lines[0]
 
 
 @pytest.mark.parametrize(

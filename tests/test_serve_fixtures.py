@@ -17,14 +17,18 @@ from onnx import TensorProto, helper
 
 from distill.export.metadata import write_metadata
 from distill.label import TeacherAnswer
-from distill.video import write_video
+from distill.train.meta import StudentMeta
+from distill.video import Frame, write_video
 
 CLASSES = ("red", "green", "blue")
 BGR = {"red": (0, 0, 255), "green": (0, 255, 0), "blue": (255, 0, 0), "grey": (128, 128, 128)}
 
 
-def make_student(path: Path, scale: float = 3.0, image_size: int = 16) -> Path:
-    """Write `student.onnx`: logits = scale * mean normalised (R, G, B), with the distill metadata."""
+def make_student(path: Path, scale: float = 3.0, image_size: int = 16, **recorded) -> Path:
+    """Write `student.onnx`: logits = scale * mean normalised (R, G, B), with the distill metadata.
+
+    `recorded` sets more `StudentMeta` fields (e.g. the `question` and `class_texts` labelling asked).
+    """
     weight = helper.make_tensor("W", TensorProto.FLOAT, [3, 3], (np.eye(3, dtype=np.float32) * scale).ravel().tolist())
     bias = helper.make_tensor("b", TensorProto.FLOAT, [3], [0.0, 0.0, 0.0])
     graph = helper.make_graph(
@@ -40,19 +44,15 @@ def make_student(path: Path, scale: float = 3.0, image_size: int = 16) -> Path:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    meta = {
-        "classes": list(CLASSES),
-        "model": "mean-colour-test",
-        "image_size": image_size,
-        "mean": [0.5, 0.5, 0.5],
-        "std": [0.5, 0.5, 0.5],
-        "channel_order": "RGB",
-        "resize": "squash",
-        "interpolation": "bilinear",
-        "teacher": {"backend": "test"},
-        "label_set": {},
-        "metrics": {},
-    }
+    meta = StudentMeta(
+        classes=CLASSES,
+        model="mean-colour-test",
+        image_size=image_size,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        teacher={"backend": "test"},
+        **recorded,
+    )
     onnx.checker.check_model(write_metadata(model, meta))
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
@@ -73,8 +73,11 @@ def colour_clip(path: Path, colours: list[str], seconds_each: float, fps: float 
 class FixedTeacher:
     """A teacher double with the `distill.label` protocol: always answers `answer`, after `sleep_s` seconds.
 
-    Records the (start, end) monotonic time of every call; `fail` (an exception) is raised instead of answering.
+    Records the (start, end) monotonic time of every call and the frames it was given; `fail` (an exception) is
+    raised instead of answering.
     """
+
+    input_size = None
 
     def __init__(self, answer: str = "green", sleep_s: float = 0.0, fail: BaseException | None = None, classes=CLASSES):
         self.classes = tuple(classes)
@@ -82,23 +85,23 @@ class FixedTeacher:
         self.sleep_s = sleep_s
         self.fail = fail
         self.calls: list[tuple[float, float]] = []
-        self.images: list[np.ndarray] = []
+        self.frames: list[Frame] = []
         self._lock = threading.Lock()
 
     def describe(self) -> dict:
         return {"backend": "test", "model": "fixed", "mode": self.answer, "prompt": None}
 
-    def label(self, images: list[np.ndarray]) -> list[TeacherAnswer]:
+    def label(self, frames: list[Frame]) -> list[TeacherAnswer]:
         start = time.monotonic()
         time.sleep(self.sleep_s)
         with self._lock:
             self.calls.append((start, time.monotonic()))
-            self.images.extend(images)
+            self.frames.extend(frames)
         if self.fail is not None:
             raise self.fail
         probs = np.zeros(len(self.classes), np.float32)
         probs[self.classes.index(self.answer)] = 1.0
-        return [TeacherAnswer(self.answer, probs, f"raw {self.answer}") for _ in images]
+        return [TeacherAnswer(self.answer, probs, f"raw {self.answer}") for _ in frames]
 
 
 class RecordingStudent:

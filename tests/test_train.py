@@ -53,9 +53,10 @@ def test_cli_trains_a_student_that_agrees_with_the_teacher(sets, tmp_path):
     assert (out / "config.yaml").read_text().count("test_convnext") == 1 and (out / "last.ckpt").is_file()
 
     model, meta = load_student(out / "student.ckpt")
-    assert meta["classes"] == CLASSES and meta["model"] == "test_convnext" and meta["image_size"] == 64
-    assert meta["metrics"]["agreement"] == metrics["agreement"]
-    assert meta["label_set"]["path"] == str(sets["main"].resolve()) and meta["split"]["mode"] == "by-video"
+    assert meta.classes == tuple(CLASSES) and meta.model == "test_convnext" and meta.image_size == 64
+    assert meta.metrics["agreement"] == metrics["agreement"]
+    assert meta.label_set["path"] == str(sets["main"].resolve()) and meta.split.mode == "by-video"
+    assert list(meta.split.val_videos) == splits["videos"]["val"]  # the split itself travels with the student
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, len(CLASSES))
 
     from distill.export import Student
@@ -69,11 +70,11 @@ def test_hard_labels_train_and_a_run_resumes(sets, tmp_path):
     cfg_overrides |= {"train.batch_size": 16, "train.lr": 0.003}
     cfg = load_config(overrides={**cfg_overrides, "train.epochs": 3})
     out = tmp_path / "run"
-    first = run_train(sets["hard"], out, cfg, accelerator="cpu", export=False)
+    first = run_train(sets["hard"], out, cfg, accelerator="cpu")
     assert not first.soft  # the set has no distributions: hard labels, no mixup
     assert first.epochs == 3 and first.metrics["agreement"] >= 0.7  # chance is 0.25
     longer = load_config(overrides={**cfg_overrides, "train.epochs": 5})
-    resumed = run_train(sets["hard"], out, longer, accelerator="cpu", export=False, resume=out / "last.ckpt")
+    resumed = run_train(sets["hard"], out, longer, accelerator="cpu", resume=out / "last.ckpt")
     assert resumed.epochs == 5
     first_log, second_log = (list(csv.DictReader(p.open())) for p in sorted(out.glob("logs/version_*/metrics.csv")))
     last_step = max(int(r["step"]) for r in first_log)
@@ -92,7 +93,7 @@ def test_hard_flag_overrides_soft_targets(sets, tmp_path):
             "train.soft": False,
         }  # fmt: skip
     )
-    summary = run_train(sets["main"], tmp_path / "h", cfg, accelerator="cpu", export=False)
+    summary = run_train(sets["main"], tmp_path / "h", cfg, accelerator="cpu")
     assert not summary.soft and summary.metrics["frames"] > 0
 
 
@@ -119,9 +120,9 @@ def _other_ckpt(path: Path) -> Path:
         (lambda s, t: t / "nowhere", [], "does not exist"),
         (lambda s, t: _empty(t / "empty"), [], "no frames"),
         (lambda s, t: _one_class(t / "one"), [], "needs two or more"),
-        (lambda s, t: s["main"], ["--student", "mobilenetv3_smal_100"], "did you mean mobilenetv3_small_100"),
-        (lambda s, t: s["main"], ["--student", "halonet26t", "--image-size", "32"], "too small for halonet26t"),
-        (lambda s, t: s["main"], ["--student", "test_coatnet", "--image-size", "40"], "does not fit test_coatnet"),
+        (lambda s, t: s["main"], ["--model", "mobilenetv3_smal_100"], "did you mean mobilenetv3_small_100"),
+        (lambda s, t: s["main"], ["--model", "halonet26t", "--image-size", "32"], "too small for halonet26t"),
+        (lambda s, t: s["main"], ["--model", "test_coatnet", "--image-size", "40"], "does not fit test_coatnet"),
         (lambda s, t: s["main"], ["--resume", "{other}"], "cannot resume"),
         (lambda s, t: s["main"], ["--extra", "{nowhere}"], "does not exist"),
     ],
@@ -143,7 +144,7 @@ def test_pretrained_weights_that_cannot_be_fetched_name_the_fix(sets, tmp_path, 
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))  # nothing cached
     monkeypatch.setattr(_models, "_reachable", lambda host, port=443: False)  # as on an offline machine
-    args = ["train", str(sets["main"]), "--out", str(tmp_path / "o"), "--student", "mobilenetv3_small_050"]
+    args = ["train", str(sets["main"]), "--out", str(tmp_path / "o"), "--model", "mobilenetv3_small_050"]
     result = CliRunner().invoke(app, [*args, "--image-size", "32"])
     assert result.exit_code == 1
     assert "--no-pretrained" in result.output and result.output.strip().count("\n") == 0, result.output

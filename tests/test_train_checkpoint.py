@@ -1,4 +1,4 @@
-"""The student checkpoint contract: meta, save/load round trip, one-line errors, timm name checks."""
+"""The student checkpoint contract: StudentMeta, save/load round trip, one-line errors, timm name checks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from distill.errors import TrainError
-from distill.train import build_meta, create_student, load_student, preprocessing, read_meta, save_student
+from distill.train import (
+    HeldOutSplit,
+    StudentMeta,
+    build_meta,
+    create_student,
+    load_student,
+    preprocessing,
+    read_meta,
+    save_student,
+)
 from distill.train._models import check_input_size, check_min_size, check_model_name
 
 
@@ -15,26 +24,23 @@ def test_meta_carries_preprocessing_from_timm():
     from timm.data import resolve_data_config
 
     expected = resolve_data_config({}, model=create_student(meta))
-    assert meta["mean"] == pytest.approx(list(expected["mean"]))
-    assert meta["std"] == pytest.approx(list(expected["std"]))
-    assert (meta["image_size"], meta["resize"], meta["interpolation"], meta["channel_order"]) == (
-        48,
-        "squash",
-        "bilinear",
-        "RGB",
-    )
-    assert preprocessing("test_convnext", 48)["mean"] == meta["mean"]
-    assert meta["teacher"] == {"backend": "x"} and meta["metrics"] == {}
+    assert meta.mean == pytest.approx(expected["mean"]) and meta.std == pytest.approx(expected["std"])
+    assert (meta.image_size, meta.resize, meta.interpolation, meta.channel_order) == (48, "squash", "bilinear", "RGB")
+    assert preprocessing("test_convnext", 48)["mean"] == meta.mean
+    assert meta.teacher == {"backend": "x"} and meta.metrics == {} and meta.split is None
+    assert meta.class_texts == meta.classes  # no texts given: the names are what the teacher was asked
 
 
 def test_save_load_round_trip(tmp_path):
-    meta = build_meta(["a", "b", "c"], "test_convnext", 32)
+    split = HeldOutSplit("time-blocks", ("a.mp4",), (0.0, 5.0, 10.0), (1,), val_fraction=0.2, seed=3)
+    meta = build_meta(["a", "b", "c"], "test_convnext", 32, class_texts=("ay", "bee", "sea"), split=split)
     model = create_student(meta).eval()
     path = save_student(model, meta, tmp_path / "s.ckpt")
     loaded, loaded_meta = load_student(path)
     x = torch.randn(2, 3, 32, 32)
     assert not loaded.training
     assert loaded_meta == meta == read_meta(path)
+    assert isinstance(loaded_meta, StudentMeta) and loaded_meta.split == split
     torch.testing.assert_close(loaded(x), model(x))
     assert loaded(x).shape == (2, 3)
 

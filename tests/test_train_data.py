@@ -13,6 +13,7 @@ from distill.train.audit import audit_labels
 from distill.train.augment import AugmentConfig, augment, mixup
 from distill.train.cache import build_cache, decode_squash
 from distill.train.data import DROPPED, TRAIN, VAL, load_rows, make_splits
+from distill.train.meta import HeldOutSplit, held_out_mask
 from distill.train.module import soft_cross_entropy
 from distill.train.run import make_loaders
 
@@ -51,6 +52,11 @@ def test_split_by_video_keeps_videos_apart_and_extras_in_training(labels, tmp_pa
     assert sorted(info["videos"]["val"]) == sorted(val_videos)
     again, _ = make_splits(load_rows(labels, [extra]), 0.34, seed=3)
     assert (again == split).all()  # fixed seed: same split
+    held = info["held_out"]  # what the student records: the val videos, as data
+    assert held == HeldOutSplit("by-video", tuple(sorted(val_videos)), val_fraction=0.34, seed=3)
+    main = rows.set_index == 0
+    val_rows = rows.row[main & (split == VAL)]
+    assert np.array_equal(np.flatnonzero(held_out_mask(held, labels) & (rows.label[main] >= 0)), val_rows)
 
 
 def test_single_video_splits_by_time_blocks_with_a_gap(tmp_path):
@@ -61,6 +67,13 @@ def test_single_video_splits_by_time_blocks_with_a_gap(tmp_path):
     assert len(t_train) > len(t_val) > 0
     closest = np.abs(t_train[:, None] - t_val[None, :]).min()
     assert closest >= info["gap_s"] >= 2.0  # frames are 1 s apart: neighbours never straddle the split
+    held = info["held_out"]
+    assert (
+        held.mode == "time-blocks" and held.val_videos == ("cam0.mp4",) and list(held.val_blocks) == info["val_blocks"]
+    )
+    assert len(held.edges) == info["blocks"] + 1
+    mask = held_out_mask(held, tmp_path / "one")  # every held-out row is a VAL row and the other way round
+    assert np.array_equal(np.flatnonzero(mask), rows.row[split == VAL])
 
 
 def test_audit_reports_flicker_confidence_and_sparse_classes(tmp_path):
@@ -169,8 +182,8 @@ def test_student_metrics_against_teacher_top_and_hard_labels():
     m = student_metrics(probs, labels, tops, ["a", "b", "c"])
     assert m["agreement"] == 0.8 and m["accuracy"] == 0.8 and m["frames"] == 5
     assert m["confusion"]["matrix"] == [[1, 0, 0], [0, 2, 1], [0, 0, 1]]  # rows teacher, columns student
-    assert m["per_class"]["b"] == {"precision": 1.0, "recall": round(2 / 3, 4), "f1": 0.8, "support": 3}
-    assert m["macro_f1"] == round((1.0 + 0.8 + 2 / 3) / 3, 4)
+    assert m["per_class"]["b"] == pytest.approx({"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "support": 3})
+    assert m["macro_f1"] == pytest.approx((1.0 + 0.8 + 2 / 3) / 3)
 
 
 def test_predict_runs_without_a_trainer(labels):

@@ -6,7 +6,7 @@ Steps, each the same library call the matching command makes:
 2. label them with the *annotations* teacher (`run_label`): a stand-in for PaliGemma that reads a segments CSV.
    Its CSV is the ground truth with every state change noticed up to a second late or early, like a real teacher
    that is unsure around transitions, so the report shows a teacher that is good but not perfect;
-3. train a small timm student from scratch (`run_train`, which also exports `student.onnx`);
+3. train a small timm student from scratch (`run_train`) and export it to `student.onnx` (`export_onnx`);
 4. compare student, teacher and ground truth on the held-out videos (`run_compare`);
 5. serve one held-out video headless for a few seconds, events to a JSON-lines file (`run_serve`).
 
@@ -140,6 +140,7 @@ def run_demo(
         DistillError: from any step (one line naming the fix).
     """
     from distill.evaluate import run_compare
+    from distill.export import export_onnx
     from distill.label import run_label
     from distill.realtime import run_serve
     from distill.train import run_train
@@ -170,7 +171,7 @@ def run_demo(
     note("label", f"{report.label.total_frames} frames labelled by the annotations teacher -> {report.labels}")
 
     report.train = run_train(report.labels, report.student_dir, cfg, show_progress=show_progress, num_workers=0)
-    report.onnx = report.train.onnx or report.onnx
+    export_onnx(report.train.checkpoint, report.onnx)
     report.seconds["train"] = clock.lap()
     note("train", f"{plan.model} ({plan.image_size}px, {report.train.epochs} epochs) -> {report.onnx}")
 

@@ -1,6 +1,6 @@
 """Rendered videos of a machine with a status lamp, and their ground truth, for the demo and the tests.
 
-Each video shows one machine seen by a fixed (slightly shaky) camera, going through the seed article's
+Each video shows one machine seen by a fixed (slightly shaky) camera, going through four
 operational states over time:
 
 - **active**: green lamp, spinning wheel, moving conveyor, green bars on the screen;

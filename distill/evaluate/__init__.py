@@ -14,11 +14,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from distill.evaluate.compare import CompareReport, held_out_videos, run_compare
+    from distill.evaluate.compare import CompareReport, held_out_frames, run_compare
 
-_WHERE = {"run_compare": "compare", "CompareReport": "compare", "held_out_videos": "compare"}
+_WHERE = {"run_compare": "compare", "CompareReport": "compare", "held_out_frames": "compare"}
 
-__all__ = ["CompareReport", "held_out_videos", "run_compare"]
+__all__ = ["CompareReport", "held_out_frames", "run_compare"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,9 +1,10 @@
 """`distill compare`: the student against the teacher (and ground truth), with speed and the fallback trade-off.
 
-The frames compared are those of a label set: by default only its held-out videos (the validation split the
-training run used, so the student never saw them), or every frame when the label set holds other videos
-(`held_out_only=False`). For each frame the student's answer comes from running `student.onnx` here; the
-teacher's from the label set, or from running a teacher here when one is given.
+The frames compared are those of a label set: by default only the ones the student's training held out (the
+split the student records: its validation videos, or time blocks of a one-video set; it never saw them), or
+every frame when the label set holds other videos (`held_out_only=False`). For each frame the student's answer
+comes from running `student.onnx` here; the teacher's from the label set, or from running a teacher here when
+one is given.
 
 Speed: the student's latency (one frame per call, p50/p95) and throughput (batches of 32) are measured here;
 the teacher's too when it runs here, otherwise its cost is read from the label set's manifest (what the labelling
@@ -28,14 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from distill._progress import progress_bar
-from distill.dataset import read_manifest, read_table, split_by_video
-from distill.errors import DatasetError
+from distill.dataset import decode_image, read_manifest, read_table
+from distill.errors import DatasetError, first_line
 from distill.evaluate.metrics import DEFAULT_TARGET_AGREEMENT, comparison_metrics, latency_stats
 from distill.evaluate.report import write_report
+from distill.train.meta import HeldOutSplit, StudentMeta, held_out_mask
 from distill.video import Frame
 
 logger = logging.getLogger(__name__)
@@ -100,13 +101,13 @@ def run_compare(
         truth_csv: ground truth as segments `video,start_s,end_s,label` (video names as in the label set).
         teacher_cfg: a `TaskConfig` whose teacher is run here on the frames (its answers and speed replace the
             label set's); None uses the label set's answers and recorded cost.
-        held_out_only: evaluate only the videos the training run held out (see `held_out_videos`).
+        held_out_only: evaluate only the frames the student's training held out (see `held_out_frames`).
         target_agreement: the agreement the fallback threshold must reach when no ground truth is given (with
             ground truth the recommendation follows accuracy; see `distill.evaluate.metrics.fallback_curve`).
         threads: ONNX Runtime intra-op threads for the student.
 
     Raises:
-        DatasetError: the label set is missing or empty, no held-out video is known, or classes do not match.
+        DatasetError: the label set is missing or empty, none of its frames was held out, or classes differ.
         ExportError: the student file is missing or not a distill student.
     """
     from distill.export import Student
@@ -120,8 +121,8 @@ def run_compare(
             f"student classes {list(student.classes)} differ from the label set's {classes}; "
             "compare a student with the label set it was trained on (or one with the same classes)"
         )
-    split = held_out_videos(labels_dir, student_path, manifest) if held_out_only else None
-    frames = _load_frames(labels_dir, classes, split["videos"] if split else None, truth_csv)
+    held = held_out_frames(labels_dir, student_path, student.meta) if held_out_only else None
+    frames = _load_frames(labels_dir, classes, held.mask if held else None, truth_csv)
     teacher_info = _teacher_info(manifest)
     if teacher_cfg is not None:
         frames, teacher_info = _run_teacher(teacher_cfg, frames, classes, show_progress)
@@ -134,16 +135,14 @@ def run_compare(
         frames.teacher_confidence, target_agreement=target_agreement,
     )  # fmt: skip
     metrics["student"].update(time_student(student, frames.images))
-    metrics["student"].update(
-        name=f"{student.meta.get('model', '?')} ({student_path.name})", providers=student.providers
-    )
+    metrics["student"].update(name=f"{student.meta.model} ({student_path.name})", providers=student.providers)
     metrics["teacher"].update(teacher_info)
     metrics.update(
         labels=str(labels_dir),
         student_path=str(student_path),
         truth=str(truth_csv) if truth_csv is not None else None,
         held_out_only=held_out_only,
-        split_source=split["source"] if split else None,
+        split_source=held.source if held else None,
         videos=sorted(set(frames.videos)),
         frames_skipped=frames.skipped,
         speedup=_speedup(metrics["student"], metrics["teacher"]),
@@ -155,54 +154,61 @@ def run_compare(
 # --- which frames -------------------------------------------------------------------------------------------
 
 
-def held_out_videos(labels_dir: Path, student_path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """The videos the training run held out, and where that came from.
+@dataclass
+class HeldOut:
+    """The label-set rows compare evaluates by default, and where that answer came from."""
 
-    Looked up in order: `splits.json` next to the student (written by `distill train`), then the split that
-    `distill.dataset.split_by_video` gives with the training config saved next to the student (`config.yaml`),
-    then with the label set's config.
+    mask: np.ndarray  # (N,) bool over the label set's rows, in `read_table` order
+    source: str
+
+
+def held_out_frames(labels_dir: Path, student_path: Path, meta: StudentMeta) -> HeldOut:
+    """The rows of a label set that the student's training held out (`distill.train.meta.held_out_mask`).
+
+    The split is the one the student carries (`StudentMeta.split`: its validation videos, or the time blocks
+    of a one-video set), so the answer does not depend on where `student.onnx` lies and is the one training
+    and export's parity gate used. Students from before the split was recorded fall back to the
+    `splits.json` written beside them (by-video splits only).
 
     Raises:
-        DatasetError: the label set has a single video, or the student was trained on one video split in time
-            blocks (its held-out frames are interleaved with training frames; compare on other videos instead).
+        DatasetError: an older student with no `splits.json` beside it, or a label set none of whose frames
+            training held out.
     """
-    names = sorted(set(read_table(labels_dir, columns=["video"]).column("video").to_pylist()))
-    splits = student_path.parent / "splits.json"
-    if splits.is_file():
-        data = json.loads(splits.read_text(encoding="utf-8"))
-        if data.get("mode", "by-video") != "by-video":
-            raise DatasetError(
-                f"{splits}: the student was trained on one video split in time blocks, so no whole video was held "
-                "out; label other videos and compare on them with --all"
-            )
-        videos = sorted(set((data.get("videos") or {}).get("val") or []) & set(names))
-        if videos:
-            return {"videos": videos, "source": str(splits)}
-        logger.warning("%s lists no video of this label set; recomputing the split", splits)
-    train_cfg, source = _train_config(student_path, manifest)
-    _, val = split_by_video(names, float(train_cfg.get("val_fraction", 0.2)), int(train_cfg.get("seed", 0)))
-    if not val:
+    split = meta.split
+    source = f"the {split.mode} split recorded in {student_path.name}" if split is not None else ""
+    if split is None:
+        split, source = _legacy_split(student_path)
+    mask = held_out_mask(split, labels_dir)
+    if not mask.any():
+        held = ", ".join(split.val_videos[:3]) + (" ..." if len(split.val_videos) > 3 else "")
         raise DatasetError(
-            f"{labels_dir} holds one video, so nothing was held out; pass --all to evaluate every frame "
-            "(best on a label set of other videos)"
+            f"nothing was held out of {labels_dir} when {student_path.name} was trained (it held out {held}); "
+            "pass --all to evaluate every frame (best on a label set of other videos)"
         )
-    return {"videos": val, "source": source}
+    return HeldOut(mask, source)
 
 
-def _train_config(student_path: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    from distill.config import read_yaml
+def _legacy_split(student_path: Path) -> tuple[HeldOutSplit, str]:
+    """The by-video split in the `splits.json` beside a student that records none in its metadata."""
+    splits = student_path.parent / "splits.json"
+    fix = "pass --all to evaluate every frame, or retrain the student so that it records its split"
+    if not splits.is_file():
+        raise DatasetError(f"{student_path} records no held-out split (an older distill wrote it); {fix}")
+    try:
+        data = json.loads(splits.read_text(encoding="utf-8"))
+        mode, val = data.get("mode", "by-video"), list((data.get("videos") or {}).get("val") or [])
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DatasetError(f"cannot read {splits} ({first_line(exc)}); {fix}") from None
+    if mode != "by-video" or not val:
+        raise DatasetError(f"{splits} names no held-out video (split {mode!r}); {fix}")
+    return HeldOutSplit("by-video", tuple(val)), str(splits)
 
-    saved = student_path.parent / "config.yaml"
-    if saved.is_file():
-        data = read_yaml(saved).get("train") or {}
-        return dict(data), f"split_by_video with {saved}"
-    return dict((manifest.get("config") or {}).get("train") or {}), "split_by_video with the label set's config"
 
-
-def _load_frames(labels_dir: Path, classes: list[str], videos: Sequence[str] | None, truth_csv: Any) -> _Frames:
+def _load_frames(labels_dir: Path, classes: list[str], keep_rows: np.ndarray | None, truth_csv: Any) -> _Frames:
+    """The labelled frames of a label set (only the rows `keep_rows` marks, when given), with ground truth."""
     table = read_table(labels_dir, columns=["video", "frame_index", "timestamp_s", "image", "label", "confidence"])
     video_col = table.column("video").to_pylist()
-    keep = [i for i, v in enumerate(video_col) if videos is None or v in set(videos)]
+    keep = list(range(len(video_col))) if keep_rows is None else np.flatnonzero(keep_rows).tolist()
     labels = table.column("label").to_pylist()
     skipped = {"teacher_unmatched": sum(labels[i] is None for i in keep), "no_truth": 0}
     keep = [i for i in keep if labels[i] is not None]
@@ -219,9 +225,7 @@ def _load_frames(labels_dir: Path, classes: list[str], videos: Sequence[str] | N
         )
     images_col, conf_col = table.column("image"), table.column("confidence").to_pylist()
     index_col = table.column("frame_index").to_pylist()
-    images = [cv2.imdecode(np.frombuffer(images_col[i].as_py(), np.uint8), cv2.IMREAD_COLOR) for i in keep]
-    if any(img is None for img in images):
-        raise DatasetError(f"{labels_dir} holds an unreadable JPEG; label the videos again")
+    images = [decode_image(images_col[i].as_py()) for i in keep]
     return _Frames(
         [video_col[i] for i in keep], [index_col[i] for i in keep], times[keep], images, [labels[i] for i in keep],
         np.asarray([1.0 if conf_col[i] is None else conf_col[i] for i in keep], np.float64), truth, skipped,
@@ -315,13 +319,9 @@ def _run_teacher(cfg: Any, frames: _Frames, classes: list[str], show_progress: b
         raise DatasetError(f"--teacher classes {list(teacher.classes)} differ from the label set's {classes}")
 
     def ask(idx: Sequence[int]) -> list[Any]:
-        if hasattr(teacher, "label_frames"):  # the annotations teacher looks frames up by video and time
-            items = [
-                Frame(frames.videos[i], frames.frame_index[i], float(frames.timestamps[i]), frames.images[i])
-                for i in idx
-            ]
-            return list(teacher.label_frames(items))
-        return list(teacher.label([cv2.cvtColor(frames.images[i], cv2.COLOR_BGR2RGB) for i in idx]))
+        f = frames
+        items = [Frame(f.videos[i], f.frame_index[i], float(f.timestamps[i]), f.images[i]) for i in idx]
+        return list(teacher.label(items))
 
     n, step = len(frames.images), cfg.teacher.batch_size
     ask([0])  # warm-up: first calls allocate, compile, fill caches

@@ -1,7 +1,8 @@
 """Numbers for `distill compare`: accuracy, macro-F1, confusion, agreement, calibration, fallback trade-off.
 
 Everything that scikit-learn computes (accuracy, F1, precision/recall, confusion matrices, Cohen's kappa) is
-taken from scikit-learn; the reliability bins are numpy histograms, binned the way
+taken from scikit-learn, and macro-F1 is the one `distill.train.metrics.class_scores` defines (over all the task's
+classes), so training's and compare's `metrics.json` agree; the reliability bins are numpy histograms, binned the way
 `sklearn.calibration.calibration_curve` bins (right-closed: `(lo, hi]`, the first bin also holds 0).
 
 Definitions:
@@ -30,14 +31,9 @@ from typing import Any
 
 import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.metrics import (
-    accuracy_score,
-    classification_report,
-    cohen_kappa_score,
-    confusion_matrix,
-    f1_score,
-    recall_score,
-)
+from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, recall_score
+
+from distill.train.metrics import class_scores
 
 DEFAULT_TARGET_AGREEMENT = 0.98
 DEFAULT_ACCURACY_TOLERANCE = 0.005
@@ -46,19 +42,13 @@ DEFAULT_ACCURACY_TOLERANCE = 0.005
 def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
     """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix (rows = truth).
 
-    Macro-F1 averages over the classes that occur in `y_true` or `y_pred` (a class a held-out video never
-    shows and no model predicts does not count as an F1 of 0); per-class numbers and the confusion matrix
-    cover every class in `classes`, so reports line up across models.
+    Macro-F1 and the per-class figures are `class_scores`: over every class in `classes`, so a class the
+    truth never shows and no model predicts counts as an F1 of 0, as in training's `metrics.json`.
     """
     labels = list(classes)
-    seen = [c for c in labels if c in set(y_true) | set(y_pred)]  # macro-F1 over classes that occur
-    report = classification_report(y_true, y_pred, labels=labels, output_dict=True, zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=seen or labels, average="macro", zero_division=0)),
-        "per_class": {
-            c: {k: float(report[c][k]) for k in ("precision", "recall", "f1-score", "support")} for c in labels
-        },
+        **class_scores(y_true, y_pred, labels),
         "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "frames": len(y_true),
     }

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from distill._files import write_atomic
+
 PLOTS = {
     "confusion_student": "Student vs ground truth",
     "confusion_teacher": "Teacher vs ground truth",
@@ -39,6 +41,10 @@ def _figure(width: float = 5.0, height: float = 4.2):
     return fig, fig.add_subplot()
 
 
+def _save(fig: Any, path: Path) -> None:
+    write_atomic(path, lambda fh: fig.savefig(fh, format="png"))
+
+
 def plot_confusion(
     path: Path, matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str, ylabel: str
 ) -> Path:
@@ -50,7 +56,7 @@ def plot_confusion(
     display.plot(ax=ax, colorbar=False, values_format="d", cmap="Blues", xticks_rotation=30)
     ax.set_title(title)
     ax.set_ylabel(ylabel)
-    fig.savefig(path)
+    _save(fig, path)
     return path
 
 
@@ -72,7 +78,7 @@ def plot_reliability(path: Path, curves: Mapping[str, Mapping[str, Any]], agains
     ax.set_ylabel(f"accuracy against {against}")
     ax.set_title(PLOTS["reliability"])
     ax.legend(loc="upper left", fontsize=8)
-    fig.savefig(path)
+    _save(fig, path)
     return path
 
 
@@ -93,7 +99,7 @@ def plot_fallback(path: Path, fallback: Mapping[str, Any]) -> Path:
     ax.set_xlabel("fallback threshold (student confidence below it goes to the teacher)")
     ax.set_title(PLOTS["fallback"])
     ax.legend(loc="center left", fontsize=8)
-    fig.savefig(path)
+    _save(fig, path)
     return path
 
 
@@ -197,8 +203,8 @@ def _per_class_rows(metrics: Mapping[str, Any]) -> list[tuple[str, ...]]:
         row = [c, _fmt(metrics["per_class_agreement"].get(c))]
         if has_truth:
             row += [
-                _fmt(metrics["student"]["per_class"][c]["f1-score"]),
-                _fmt(metrics["teacher"]["per_class"][c]["f1-score"]),
+                _fmt(metrics["student"]["per_class"][c]["f1"]),
+                _fmt(metrics["teacher"]["per_class"][c]["f1"]),
             ]
             row.append(str(int(metrics["student"]["per_class"][c]["support"])))
         rows.append(tuple(row))
@@ -236,7 +242,7 @@ def write_markdown(path: Path, metrics: Mapping[str, Any], plots: Mapping[str, P
     parts += [_md_table(_per_class_header(metrics), _per_class_rows(metrics)), ""]
     for name, png in plots.items():
         parts += [f"## {PLOTS[name]}", "", f"![{PLOTS[name]}]({png.name})", ""]
-    path.write_text("\n".join(parts), encoding="utf-8")
+    write_atomic(path, "\n".join(parts))
     return path
 
 
@@ -272,7 +278,7 @@ def write_html(path: Path, metrics: Mapping[str, Any], plots: Mapping[str, Path]
         + "<h2>Per class</h2>" + _html_table(_per_class_header(metrics), _per_class_rows(metrics))
         + f"<h2>Plots</h2><div class=\"plots\">{''.join(figures)}</div></body></html>"
     )  # fmt: skip
-    path.write_text(doc, encoding="utf-8")
+    write_atomic(path, doc)
     return path
 
 
@@ -281,9 +287,7 @@ def write_report(out_dir: str | os.PathLike[str], metrics: Mapping[str, Any]) ->
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {"metrics.json": out_dir / "metrics.json"}
-    files["metrics.json"].write_text(
-        json.dumps(metrics, indent=2, allow_nan=False, default=_json_default), encoding="utf-8"
-    )
+    write_atomic(files["metrics.json"], json.dumps(metrics, indent=2, allow_nan=False, default=_json_default))
     plots = write_plots(out_dir, metrics)
     files.update({f"{name}.png": p for name, p in plots.items()})
     files["report.md"] = write_markdown(out_dir / "report.md", metrics, plots)

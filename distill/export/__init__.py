@@ -7,7 +7,7 @@ and OpenCV only; `export_onnx` brings in torch when it is called.
 | --- | --- | --- |
 | `Student`, `Prediction`, `default_providers` | runtime | no |
 | `Preprocessor` | preprocess | no |
-| `read_metadata`, `FORMAT` | metadata | no |
+| `read_metadata`, `write_metadata`, `StudentMeta`, `FORMAT` | metadata (`StudentMeta` is `distill.train.meta`'s) | no |
 | `ExportReport`, `VariantReport` | report | no |
 | `export_onnx` | onnx_export | yes (imported inside) |
 """
@@ -18,7 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from distill.export.metadata import FORMAT, read_metadata
+    from distill.export.metadata import FORMAT, StudentMeta, read_metadata, write_metadata
     from distill.export.onnx_export import export_onnx
     from distill.export.preprocess import Preprocessor
     from distill.export.report import ExportReport, VariantReport
@@ -30,6 +30,8 @@ _WHERE = {
     "default_providers": "runtime",
     "Preprocessor": "preprocess",
     "read_metadata": "metadata",
+    "write_metadata": "metadata",
+    "StudentMeta": "metadata",
     "FORMAT": "metadata",
     "ExportReport": "report",
     "VariantReport": "report",
@@ -42,10 +44,12 @@ __all__ = [
     "Prediction",
     "Preprocessor",
     "Student",
+    "StudentMeta",
     "VariantReport",
     "default_providers",
     "export_onnx",
     "read_metadata",
+    "write_metadata",
 ]
 
 

@@ -1,9 +1,9 @@
-"""Real frames for the export checks: the label set's val split (parity, agreement) and train split (calibration).
+"""Real frames for the export checks: the label set's held-out frames (parity, agreement) and the others
+(INT8 calibration).
 
-The val split is the one training used: `distill.train.data.make_splits` (by video, or time blocks of a
-single video) recomputed with the `train.val_fraction` and `train.seed` of the run's saved config (the
-checkpoint's meta, or the `config.yaml` that `distill train` writes next to the checkpoint). When that config
-cannot be found, every frame is used for every check and the report says so.
+The held-out frames are the ones the student's training held out, as its `StudentMeta.split` records them
+(`distill.train.meta.held_out_mask`, the answer training and compare use too). A student that records no
+split (written by an older distill) is checked on every frame, and the report says so.
 
 This module does not run models and does not import torch.
 """
@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from distill.dataset import read_manifest, read_table, split_by_video
+from distill.dataset import decode_image, read_manifest, read_table
 from distill.errors import DistillError, ExportError
+from distill.train.meta import StudentMeta, held_out_mask
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class FrameSet:
     images: list[np.ndarray]  # BGR uint8, as stored (short side resized by `distill label`)
     teacher: list[str | None]
     source: str  # e.g. "val split of runs/labels (3 videos)"
+    rows: list[int] = field(default_factory=list)  # row numbers in the label set (`read_table` order)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -44,55 +45,6 @@ class CheckFrames:
 
     check: FrameSet  # parity and agreement (held out from calibration where the split allows)
     calibration: FrameSet | None  # INT8 calibration; None until asked for
-
-
-def _split_config(meta: Mapping[str, Any], ckpt_path: Path) -> tuple[float, int] | None:
-    """(val_fraction, seed) of the training run, from the meta or the config.yaml `distill train` wrote."""
-    from distill.config import config_from_dict, read_yaml
-
-    for source in (meta.get("split"), (meta.get("config") or {}).get("train")):
-        if isinstance(source, Mapping) and "seed" in source and "val_fraction" in source:
-            return float(source["val_fraction"]), int(source["seed"])
-    for folder in (ckpt_path.parent, ckpt_path.parent.parent):
-        path = folder / "config.yaml"
-        if path.is_file():
-            try:
-                train = config_from_dict(read_yaml(path), where=str(path)).train
-            except DistillError as exc:
-                logger.debug("ignoring %s: %s", path, exc)
-                continue
-            return train.val_fraction, train.seed
-    return None
-
-
-def _split_rows(directory: Path, videos: Sequence[str], found: tuple[float, int]) -> tuple[list[int], list[int]] | None:
-    """(val, train) row numbers of the training run's split: `distill.train.data.make_splits` when available
-    (by video, or time blocks within a single video), else `split_by_video`."""
-    try:
-        from distill.train.data import TRAIN, VAL, load_rows, make_splits
-    except ImportError:
-        _, val_videos = split_by_video(videos, *found)
-        held = set(val_videos)
-        val = [i for i, v in enumerate(videos) if v in held]
-        return (val, [i for i, v in enumerate(videos) if v not in held]) if val else None
-    try:
-        rows = load_rows(directory)
-        split, _ = make_splits(rows, *found)
-    except DistillError as exc:
-        logger.info("cannot recompute the training split of %s (%s)", directory, exc)
-        return None
-    main = rows.set_index == 0
-    return rows.row[main & (split == VAL)].tolist(), rows.row[main & (split == TRAIN)].tolist()
-
-
-def _decode(jpegs: Sequence[bytes]) -> list[np.ndarray]:
-    images = []
-    for jpeg in jpegs:
-        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ExportError("a label-set frame is not a readable JPEG; relabel the set with `distill label`")
-        images.append(image)
-    return images
 
 
 def _evenly(indices: Sequence[int], limit: int) -> list[int]:
@@ -120,13 +72,23 @@ def _rows(directory: Path, classes: Sequence[str]) -> Any:
 
 
 def _take(table: Any, indices: Sequence[int], source: str) -> FrameSet:
-    images = _decode(table.column("image").take(indices).to_pylist())
-    return FrameSet(images, table.column("label").take(indices).to_pylist(), source)
+    images = [decode_image(jpeg) for jpeg in table.column("image").take(indices).to_pylist()]
+    return FrameSet(images, table.column("label").take(indices).to_pylist(), source, list(indices))
+
+
+def split_rows(meta: StudentMeta, directory: Path, labels: Sequence[str | None]) -> tuple[list[int], list[int]] | None:
+    """(held-out, training) row numbers of a label set's labelled frames under the student's split; None when
+    the student records no split or none of these frames was held out."""
+    if meta.split is None:
+        return None
+    held = held_out_mask(meta.split, directory)
+    labelled = np.array([label is not None for label in labels], bool)
+    val = np.flatnonzero(held & labelled).tolist()
+    return (val, np.flatnonzero(~held & labelled).tolist()) if val else None
 
 
 def check_frames(
-    meta: Mapping[str, Any],
-    ckpt_path: str | os.PathLike[str],
+    meta: StudentMeta,
     *,
     calibration: str | os.PathLike[str] | None,
     need_calibration: bool,
@@ -135,16 +97,14 @@ def check_frames(
 ) -> CheckFrames:
     """Frames for parity/agreement and (if `need_calibration`) INT8 calibration.
 
-    Check frames come from the training label set's val split; calibration frames from its train split, or
-    from all frames of `calibration` when given. If the training label set has moved, `calibration` serves
-    for the checks too.
+    Check frames are the training label set's held-out frames; calibration frames its training frames, or all
+    frames of `calibration` when given. If the training label set has moved, `calibration` serves for the
+    checks too.
 
     Raises:
         ExportError: no usable label set (the fix: `--calibration LABELS`), or classes that do not match.
     """
-    ckpt_path = Path(ckpt_path)
-    classes = meta["classes"]
-    recorded = (meta.get("label_set") or {}).get("path")
+    recorded = meta.label_set.get("path")
     train_set = Path(recorded) if recorded else None
     if train_set is None or not (train_set / "manifest.json").is_file():
         if calibration is None:
@@ -155,16 +115,14 @@ def check_frames(
             )
         logger.info("training label set %s not found; checking on %s instead", train_set, calibration)
         train_set = Path(calibration)
-    table = _rows(train_set, classes)
+    table = _rows(train_set, meta.classes)
     videos = table.column("video").to_pylist()
-    found = _split_config(meta, ckpt_path)
-    split = _split_rows(train_set, videos, found) if found is not None else None
-    if split is not None and not split[0]:
-        split = None  # an empty val split: fall back to every frame rather than check nothing
+    split = split_rows(meta, train_set, table.column("label").to_pylist())
     if split is None:
-        logger.info("val split of %s not recoverable; checking on all of its frames", train_set)
+        why = "the student records no held-out split" if meta.split is None else "none of them was held out"
+        logger.info("%s: %s; checking on all of its frames", train_set, why)
         check_idx = train_idx = list(range(len(videos)))
-        source = f"all {len(videos)} frames of {train_set} (val split not recoverable)"
+        source = f"all {len(videos)} frames of {train_set} ({why})"
     else:
         check_idx, train_idx = split
         source = f"val split of {train_set} ({len({videos[i] for i in check_idx})} video(s), {len(check_idx)} frames)"
@@ -172,7 +130,7 @@ def check_frames(
     if not need_calibration:
         return CheckFrames(check, None)
     if calibration is not None and Path(calibration) != train_set:
-        calib_table = _rows(Path(calibration), classes)
+        calib_table = _rows(Path(calibration), meta.classes)
         calib_idx = _evenly(list(range(calib_table.num_rows)), calibration_limit)
         calib = _take(calib_table, calib_idx, f"{len(calib_idx)} frames of {calibration}")
     else:

@@ -1,13 +1,15 @@
 """Export a student checkpoint to one `student.onnx`, gated on parity with PyTorch; optional INT8/FP16 copies.
 
 Steps of `export_onnx`:
-1. `distill.train.load_student` rebuilds the timm model and its meta (one-line error for other checkpoints).
+1. `distill.train.load_student` rebuilds the timm model and its `StudentMeta` (one-line error for other
+   checkpoints).
 2. `torch.onnx.export(dynamo=True)` at opset 20 with a dynamic batch axis (the TorchScript exporter is the
    fallback for models torch.export cannot trace); `onnx.checker` must pass.
-3. Parity gate: real frames from the label set's val split, preprocessed as `Student` does, go through
-   PyTorch and ONNX Runtime (CPU, fp32); logits must agree within 1e-4 and top-1 must be identical.
-4. The metadata (classes, preprocessing, provenance, the figures of step 3) goes into `metadata_props`, and
-   the file is moved into place only now, so a failed export never leaves a `student.onnx` behind.
+3. Parity gate: real frames the student's training held out (its recorded split), preprocessed as `Student`
+   does, go through PyTorch and ONNX Runtime (CPU, fp32); logits must agree within 1e-4 and top-1 must be
+   identical.
+4. The `StudentMeta` (with the figures of step 3) goes into `metadata_props`, and the file is moved into
+   place only now, so a failed export never leaves a `student.onnx` behind.
 5. `int8` / `fp16`: `student.int8.onnx` / `student.fp16.onnx` next to it, each checked for top-1 agreement
    with fp32 (and with the teacher) on the same frames; below 98% the variant is deleted and the export
    fails, unless `force`.
@@ -27,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from distill._files import write_atomic
 from distill._progress import progress_bar
-from distill.errors import DistillError, ExportError
+from distill.errors import DistillError, ExportError, first_line
 from distill.export._frames import FrameSet, check_frames
 from distill.export.metadata import write_metadata
 from distill.export.preprocess import Preprocessor
@@ -42,6 +45,7 @@ from distill.export.quantize import (
 )
 from distill.export.report import MIN_AGREEMENT, PARITY_ATOL, ExportReport, VariantReport
 from distill.export.runtime import default_providers, open_session
+from distill.train.meta import StudentMeta
 
 logger = logging.getLogger(__name__)
 
@@ -87,22 +91,21 @@ def export_onnx(
         model, meta = _load(ckpt)
         frames = check_frames(
             meta,
-            ckpt,
             calibration=calibration,
             need_calibration=int8,
             check_limit=CHECK_FRAMES,
             calibration_limit=CALIBRATION_FRAMES,
         )
         prep = Preprocessor(
-            meta["image_size"],
-            meta["mean"],
-            meta["std"],
-            meta["channel_order"],
-            meta["interpolation"],
-            source_short_side=int(meta.get("source_short_side", 0)),
+            meta.image_size,
+            meta.mean,
+            meta.std,
+            meta.channel_order,
+            meta.interpolation,
+            source_short_side=meta.source_short_side,
         )
         bar.advance()
-        proto = export_graph(model, int(meta["image_size"]))
+        proto = export_graph(model, meta.image_size)
         bar.advance()
         report, fp32_logits = _parity_gate(model, proto, meta, prep, frames.check, out_path)
         bar.advance()
@@ -138,7 +141,7 @@ def find_checkpoint(path: str | os.PathLike[str]) -> Path:
     return found[-1]
 
 
-def _load(ckpt: Path) -> tuple[Any, dict[str, Any]]:
+def _load(ckpt: Path) -> tuple[Any, StudentMeta]:
     from distill.train import load_student
 
     try:
@@ -146,11 +149,10 @@ def _load(ckpt: Path) -> tuple[Any, dict[str, Any]]:
     except DistillError:
         raise
     except Exception as exc:  # anything load_student did not foresee still becomes one line
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise ExportError(
-            f"cannot load {ckpt} as a distill student ({reason}); pass a .ckpt from `distill train`"
+            f"cannot load {ckpt} as a distill student ({first_line(exc)}); pass a .ckpt from `distill train`"
         ) from None
-    return model.eval().float().cpu(), dict(meta)
+    return model.eval().float().cpu(), meta
 
 
 def export_graph(model: Any, image_size: int, opset: int = OPSET) -> Any:
@@ -168,7 +170,7 @@ def export_graph(model: Any, image_size: int, opset: int = OPSET) -> Any:
             )
         proto = program.model_proto
     except Exception as exc:  # torch.export could not trace it: the TorchScript exporter usually can
-        logger.info("dynamo export failed (%s); using the TorchScript exporter", str(exc).splitlines()[0][:120])
+        logger.info("dynamo export failed (%s); using the TorchScript exporter", first_line(exc))
         buffer = io.BytesIO()
         try:
             with contextlib.redirect_stdout(quiet), torch.no_grad():
@@ -181,13 +183,14 @@ def export_graph(model: Any, image_size: int, opset: int = OPSET) -> Any:
                     **kwargs,
                 )
         except Exception as exc2:
-            first = str(exc2).splitlines()[0][:160] if str(exc2) else type(exc2).__name__
-            raise ExportError(f"torch.onnx cannot export this model ({first}); try another --student model") from None
+            raise ExportError(
+                f"torch.onnx cannot export this model ({first_line(exc2)}); train another --model"
+            ) from None
         proto = onnx.load_from_string(buffer.getvalue())
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
-        raise ExportError(f"the exported graph fails onnx.checker ({str(exc).splitlines()[0][:160]})") from None
+        raise ExportError(f"the exported graph fails onnx.checker ({first_line(exc)})") from None
     return proto
 
 
@@ -216,7 +219,7 @@ def parity_limit(logits: np.ndarray) -> float:
 
 
 def _parity_gate(
-    model: Any, proto: Any, meta: dict[str, Any], prep: Preprocessor, frames: FrameSet, out_path: Path
+    model: Any, proto: Any, meta: StudentMeta, prep: Preprocessor, frames: FrameSet, out_path: Path
 ) -> tuple[ExportReport, np.ndarray]:
     """Compare ORT (CPU, fp32) with PyTorch on the check frames; write `out_path` only if they agree."""
     import onnxruntime as ort
@@ -237,7 +240,7 @@ def _parity_gate(
             f"ONNX export does not match PyTorch on {len(frames)} frames (max |logit diff| {diff:.2e}, "
             f"limit {limit:.0e}; top-1 identical on {match:.1%}); nothing written, report this model"
         )
-    teacher = teacher_agreement(top1(ort_all), frames.teacher, meta["classes"])
+    teacher = teacher_agreement(top1(ort_all), frames.teacher, list(meta.classes))
     checks = {
         "parity": {
             "frames": len(frames),
@@ -248,13 +251,13 @@ def _parity_gate(
         },
         "agreement_teacher": teacher,
     }
-    write_metadata(proto, {**meta, "precision": "fp32", "checks": checks})
+    write_metadata(proto, meta.replace(precision="fp32", checks=checks))
     _save(proto, out_path)
     report = ExportReport(
         path=out_path,
-        model=str(meta["model"]),
-        classes=list(meta["classes"]),
-        image_size=int(meta["image_size"]),
+        model=meta.model,
+        classes=list(meta.classes),
+        image_size=meta.image_size,
         opset=next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), OPSET),
         frames=len(frames),
         frames_source=frames.source,
@@ -268,7 +271,7 @@ def _parity_gate(
 def _check_variant(
     precision: str,
     path: Path,
-    meta: dict[str, Any],
+    meta: StudentMeta,
     prep: Preprocessor,
     frames: FrameSet,
     fp32_logits: np.ndarray,
@@ -282,7 +285,7 @@ def _check_variant(
     logits = _run(open_session(path, providers), prep, frames)
     predicted = top1(logits)
     agree = agreement(predicted, top1(fp32_logits))
-    teacher = teacher_agreement(predicted, frames.teacher, meta["classes"])
+    teacher = teacher_agreement(predicted, frames.teacher, list(meta.classes))
     if agree < MIN_AGREEMENT and not force:
         path.unlink(missing_ok=True)
         raise ExportError(
@@ -294,7 +297,7 @@ def _check_variant(
     )
     checks = {k: v for k, v in variant.__dict__.items() if k not in ("path", "precision")}
     model = onnx.load(str(path))
-    write_metadata(model, {**meta, "precision": precision, "checks": checks})
+    write_metadata(model, meta.replace(precision=precision, checks=checks))
     _save(model, path)
     return variant
 
@@ -304,14 +307,5 @@ def _variant_path(out_path: Path, precision: str) -> Path:
 
 
 def _save(proto: Any, path: Path) -> None:
-    """Write atomically (temp file + rename), so readers never see half a model."""
-    import onnx
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write atomically (temp file + fsync + rename), so readers never see half a model."""
+    write_atomic(path, proto.SerializeToString())

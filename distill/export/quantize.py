@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.errors import ExportError
+from distill.errors import ExportError, first_line
 from distill.export.preprocess import Preprocessor
 
 logger = logging.getLogger(__name__)
@@ -88,9 +88,8 @@ def quantize_int8(
                 nodes_to_exclude=sensitive_nodes(source),
             )
         except Exception as exc:
-            first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
             raise ExportError(
-                f"ONNX Runtime could not quantize {fp32_path} to INT8 ({first}); export fp32/--fp16"
+                f"ONNX Runtime could not quantize {fp32_path} to INT8 ({first_line(exc)}); export fp32/--fp16"
             ) from None
     return out_path
 
@@ -130,8 +129,7 @@ def convert_fp16(fp32_path: str | os.PathLike[str]):
     try:
         return convert_float_to_float16(model, keep_io_types=True)
     except Exception as exc:
-        first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise ExportError(f"cannot convert {fp32_path} to FP16 ({first}); use fp32 or --int8") from None
+        raise ExportError(f"cannot convert {fp32_path} to FP16 ({first_line(exc)}); use fp32 or --int8") from None
 
 
 def top1(logits: np.ndarray) -> np.ndarray:

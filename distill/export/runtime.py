@@ -1,7 +1,7 @@
 """`Student`: classify BGR frames with an exported `student.onnx`, on ONNX Runtime alone.
 
-The model file carries its class names and preprocessing (see `distill.export.metadata`), so nothing here
-guesses: frames of any size go in, labels and probabilities come out.
+The model file carries its `StudentMeta` (class names, preprocessing, ...; see `distill.train.meta`), so
+nothing here guesses: frames of any size go in, labels and probabilities come out.
 
 Example:
     >>> student = Student("runs/student/student.onnx")  # doctest: +SKIP
@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from distill.errors import ExportError
-from distill.export.metadata import props_to_meta
+from distill.errors import ExportError, first_line
 from distill.export.preprocess import Preprocessor
+from distill.train.meta import StudentMeta
 
 logger = logging.getLogger(__name__)
 
@@ -143,11 +143,6 @@ def _check_providers(providers: Sequence[str | tuple[str, dict[str, Any]]]) -> l
     return kept or ["CPUExecutionProvider"]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:160] if text else type(exc).__name__
-
-
 def open_session(
     path: str | os.PathLike[str],
     providers: Sequence[str | tuple[str, dict[str, Any]]] | None = None,
@@ -164,10 +159,10 @@ def open_session(
         )
     except _MODEL_ERRORS as exc:
         raise ExportError(
-            f"{path} is not a readable ONNX model ({_first_line(exc)}); re-export it with `distill export`"
+            f"{path} is not a readable ONNX model ({first_line(exc)}); re-export it with `distill export`"
         ) from None
     except Exception as exc:  # unknown provider names, provider start-up failures
-        raise ExportError(f"cannot open {path} with providers {wanted}: {_first_line(exc)}") from None
+        raise ExportError(f"cannot open {path} with providers {wanted}: {first_line(exc)}") from None
     names = [p if isinstance(p, str) else p[0] for p in wanted]
     missing = [p for p in names if p in GPU_PROVIDERS and p not in session.get_providers()]
     if missing:
@@ -209,9 +204,9 @@ class Student:
     ) -> None:
         self.path = Path(path)
         self.session = open_session(self.path, providers, threads)
-        self.meta: dict[str, Any] = props_to_meta(self.session.get_modelmeta().custom_metadata_map, self.path)
-        self.classes: tuple[str, ...] = tuple(self.meta["classes"])
-        self.image_size: int = int(self.meta["image_size"])
+        self.meta = StudentMeta.from_props(self.session.get_modelmeta().custom_metadata_map, self.path)
+        self.classes: tuple[str, ...] = self.meta.classes
+        self.image_size: int = self.meta.image_size
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:
             raise ExportError(f"{self.path} must have one image input; re-export it with `distill export`")
@@ -220,11 +215,11 @@ class Student:
         self._lock = threading.Lock()  # the preprocessor's buffers are reused between calls
         self.preprocessor = Preprocessor(
             self.image_size,
-            self.meta["mean"],
-            self.meta["std"],
-            channel_order=self.meta["channel_order"],
-            interpolation=self.meta["interpolation"],
-            source_short_side=self.meta["source_short_side"],
+            self.meta.mean,
+            self.meta.std,
+            channel_order=self.meta.channel_order,
+            interpolation=self.meta.interpolation,
+            source_short_side=self.meta.source_short_side,
         )
 
     @property
@@ -257,6 +252,6 @@ class Student:
 
     def __repr__(self) -> str:
         return (
-            f"Student({str(self.path)!r}, model={self.meta.get('model')!r}, precision={self.meta.get('precision')!r}, "
+            f"Student({str(self.path)!r}, model={self.meta.model!r}, precision={self.meta.precision!r}, "
             f"classes={len(self.classes)}, image_size={self.image_size}, providers={self.providers})"
         )

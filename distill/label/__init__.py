@@ -1,13 +1,17 @@
 """Teacher labelling: a vision-language model (or an annotations file) labels sampled video frames.
 
-- `build_teacher(cfg)` -> a `Teacher`: `teacher.label(rgb_images) -> [TeacherAnswer(label, probs, raw)]`,
-  `teacher.classes`, `teacher.describe()`. The annotations teacher also has `label_frames(frames)`.
+- `build_teacher(cfg)` -> a `Teacher` (the backend named by `cfg.teacher.backend`, looked up in a registry):
+  `teacher.label(frames) -> [TeacherAnswer(label, probs, raw) | None]`, `teacher.classes`,
+  `teacher.input_size`, `teacher.describe()`. `teacher_backends()` lists the registered names;
+  `register_teacher(name, build=..., describe=...)` adds one.
 - `run_label(inputs, out, cfg)`: the resumable, batched labelling run behind `distill label`.
 - `distill.label.annotations`: the `video,start_s,end_s,label` segments CSV (also ground truth for `compare`).
 
-Importing this package does not import torch or transformers; the PaliGemma teacher loads them when built.
+Importing this package registers the backends (`_paligemma_teacher`, `_annotations_teacher`) but does not
+import torch or transformers; the PaliGemma teacher loads them when built.
 """
 
+from distill.label import _annotations_teacher, _paligemma_teacher  # noqa: F401  (they register their backends)
 from distill.label._run import LabelSummary, run_label
 from distill.label._teacher import (
     Teacher,
@@ -17,6 +21,8 @@ from distill.label._teacher import (
     describe_teacher,
     match_class,
     normalize_answer,
+    register_teacher,
+    teacher_backends,
     teacher_tag,
 )
 
@@ -29,6 +35,8 @@ __all__ = [
     "describe_teacher",
     "match_class",
     "normalize_answer",
+    "register_teacher",
     "run_label",
+    "teacher_backends",
     "teacher_tag",
 ]

@@ -1,4 +1,4 @@
-"""The `paligemma` teacher: PaliGemma / PaliGemma 2 (transformers) with closed-vocabulary answers.
+"""The `paligemma` teacher's model: PaliGemma / PaliGemma 2 (transformers) with closed-vocabulary answers.
 
 Modes:
 - `constrained` (default): one shared prefill of the batch (image + prompt, prefix-LM attention), then ONE
@@ -8,29 +8,33 @@ Modes:
   tokens, so each class's probability (sum of its token log-probs plus EOS, softmax over classes) and the
   trie-restricted greedy answer both follow without any further model call (no K separate prefills, no
   decoding loop). The greedy answer equals `generate(..., prefix_allowed_tokens_fn=trie)`.
-- `generate`: the seed recipe (greedy free text, `max_new_tokens`), matched to a class after lower-casing and
+- `generate`: free greedy generation (`max_new_tokens`), matched to a class after lower-casing and
   keeping letters only; an answer that matches no class is returned unmatched (label None), never guessed.
 
 This module does not sample videos or store labels, and never downloads anything unless the model id is not
-cached and `local_files_only` is off.
+cached and `local_files_only` is off. It imports torch; the backend is registered (without importing it) in
+`_paligemma_teacher.py`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import cv2
 import numpy as np
 import torch
 
-from distill.errors import TeacherError
+from distill.errors import TeacherError, first_line
 from distill.label._teacher import TeacherAnswer, build_prompt, describe_teacher, match_class, one_hot
 from distill.label._trie import ClassTrie
 
 if TYPE_CHECKING:
     from distill.config import TaskConfig
+    from distill.video import Frame
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +85,8 @@ def class_token_ids(tokenizer: Any, prompt: str, texts: list[str], names: list[s
 
 
 class PaliGemmaTeacher:
-    """A loaded PaliGemma answering with the task's classes. Build with `load_paligemma(cfg)`.
+    """A loaded PaliGemma answering with the task's classes (the `Teacher` protocol). Build with
+    `load_paligemma(cfg)`, or `build_teacher(cfg)` with `teacher.backend` paligemma.
 
     Attributes:
         model, processor: the transformers model (eval mode, on `device`) and its processor.
@@ -112,7 +117,7 @@ class PaliGemmaTeacher:
     def describe(self) -> dict[str, Any]:
         return dict(self._description)
 
-    def model_inputs(self, images: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    def model_inputs(self, images: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         """Model inputs for a batch of RGB uint8 images: the shared prompt ids and the images' pixel values."""
         processor = self.processor.image_processor
         on_device = {"device": self.device} if getattr(processor, "backend", None) == "torchvision" else {}
@@ -125,12 +130,16 @@ class PaliGemmaTeacher:
             "token_type_ids": torch.zeros_like(ids),  # 0 = prefix: image and prompt attend bidirectionally
         }
 
+    def label(self, frames: Sequence[Frame]) -> list[TeacherAnswer | None]:
+        """One answer per frame (BGR pixels, as OpenCV gives them); see the module docstring for the two modes."""
+        return list(self.label_rgb([cv2.cvtColor(f.image, cv2.COLOR_BGR2RGB) for f in frames]))
+
     @torch.inference_mode()
-    def label(self, images: list[np.ndarray]) -> list[TeacherAnswer]:
-        """Answer for each RGB uint8 (H, W, 3) image; see the module docstring for the two modes."""
+    def label_rgb(self, images: Sequence[np.ndarray]) -> list[TeacherAnswer]:
+        """Answer for each RGB uint8 (H, W, 3) image (what `label` hands the model after the colour conversion)."""
         if len(images) == 0:
             return []
-        inputs = self.model_inputs(images)
+        inputs = self.model_inputs(list(images))
         return self._constrained(inputs) if self.mode == "constrained" else self._generate(inputs)
 
     # --- constrained --------------------------------------------------------------------------------------
@@ -255,9 +264,8 @@ def _looks_like_path(source: str) -> bool:
 def _load_error(source: str, exc: Exception, local_only: bool) -> str:
     text = str(exc).strip()
     if Path(source).expanduser().exists():
-        first = text.splitlines()[0][:160] if text else type(exc).__name__
         return (
-            f"cannot load a PaliGemma model from {source} ({first}); "
+            f"cannot load a PaliGemma model from {source} ({first_line(exc)}); "
             "point --teacher-model at a folder written by save_pretrained"
         )
     if any(word in text.lower() for word in ("gated", "401", "403", "restricted", "unauthorized")):

@@ -1,11 +1,11 @@
 """The labelling run behind `distill label`: sample -> teacher -> label set, batched and resumable.
 
 A background thread finds, decodes and samples the videos, encodes the stored JPEGs and prepares the teacher's
-inputs (RGB, pre-shrunk to the teacher's input size), handing whole batches over a bounded queue; the teacher
+inputs (`Frame`s, pre-shrunk to the teacher's `input_size`), handing whole batches over a bounded queue; the teacher
 runs on the calling thread, so the model never waits on video I/O and memory stays bounded (two batches in the
 queue plus at most one unsaved shard). `LabelSetWriter` stores rows a shard at a time; a rerun skips frames
 already stored and videos already finished, so a killed run resumes with nothing lost and nothing doubled.
-CUDA out-of-memory halves the batch size and goes on.
+Running out of (GPU) memory halves the batch size and goes on.
 
 This module does not implement teachers (see `_teacher.py`) or the storage format (see `distill.dataset`).
 """
@@ -23,12 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
-
 from distill._progress import progress_bar
 from distill.config import SamplingConfig, TaskConfig, save_config
-from distill.dataset import MANIFEST, LabelSetWriter
-from distill.errors import TeacherError, VideoError
+from distill.dataset import MANIFEST, LabelSetWriter, label_row
+from distill.errors import TeacherError, VideoError, is_out_of_memory, release_gpu_memory
 from distill.label._teacher import Teacher, TeacherAnswer, build_teacher, describe_teacher, teacher_tag
 from distill.video import (
     Failure,
@@ -63,7 +61,7 @@ class LabelSummary:
     failures: list[Failure] = field(default_factory=list)
     stats: SampleStats = field(default_factory=SampleStats)
     seconds: float = 0.0  # labelling loop wall time (model loading excluded)
-    batch_size: int = 0  # at the end (lower than asked if CUDA ran out of memory)
+    batch_size: int = 0  # at the end (lower than asked if the teacher ran out of memory)
 
     @property
     def frames_per_s(self) -> float:
@@ -72,9 +70,8 @@ class LabelSummary:
 
 @dataclass
 class _Batch:
-    meta: list[tuple[str, int, float]] = field(default_factory=list)  # video, frame_index, timestamp_s
-    inputs: list[Any] = field(default_factory=list)  # RGB arrays, or Frames for teachers with label_frames
-    jpegs: list[bytes] = field(default_factory=list)
+    frames: list[Frame] = field(default_factory=list)  # what the teacher is given (pre-shrunk to its input size)
+    jpegs: list[bytes] = field(default_factory=list)  # what is stored, one per frame
     videos_done: list[tuple[str, int]] = field(default_factory=list)  # (name, size) of videos complete with this batch
     sampled: int = 0  # sampling positions passed since the previous batch (progress)
     already_done: int = 0
@@ -89,13 +86,12 @@ class _Producer:
         cfg: TaskConfig,
         done: frozenset,
         finished: dict[str, int],
-        wants_frames: bool,
         input_size: int | None,
         batch_size: int,
     ) -> None:
         self.videos, self.sampling, self.done, self.finished = videos, cfg.sampling, done, finished
-        self.wants_frames, self.input_size = wants_frames, input_size
-        self.batch_size = batch_size  # lowered by the main thread after a CUDA out-of-memory error
+        self.input_size = input_size
+        self.batch_size = batch_size  # lowered by the main thread after an out-of-memory error
         self.queue: queue.Queue = queue.Queue(maxsize=2)
         self.stop = threading.Event()
         self.stats = SampleStats()
@@ -139,7 +135,7 @@ class _Producer:
                     batch.already_done += 1
                     continue
                 self._add(batch, frame)
-                if len(batch.meta) >= self.batch_size:
+                if len(batch.frames) >= self.batch_size:
                     self._send(batch)
                     batch = _Batch()
             if len(self.failures) == failed:
@@ -147,14 +143,10 @@ class _Producer:
         self._send(batch)  # the rest (possibly empty: it still carries progress and finished videos)
 
     def _add(self, batch: _Batch, frame: Frame) -> None:
-        small = resize_short_side(frame.image, self.sampling.image_size)
-        batch.meta.append((frame.video, frame.frame_index, frame.timestamp_s))
-        batch.jpegs.append(encode_jpeg(small))
-        if self.wants_frames:
-            batch.inputs.append(dataclasses.replace(frame, image=small))
-        else:
-            image = resize_short_side(frame.image, self.input_size) if self.input_size else frame.image
-            batch.inputs.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        batch.jpegs.append(encode_jpeg(resize_short_side(frame.image, self.sampling.image_size)))
+        if self.input_size:
+            frame = dataclasses.replace(frame, image=resize_short_side(frame.image, self.input_size))
+        batch.frames.append(frame)
 
 
 def _size(path: Path) -> int:
@@ -164,39 +156,28 @@ def _size(path: Path) -> int:
         return -1
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc)
-
-
-def _answer(teacher: Teacher, inputs: list[Any], producer: _Producer) -> list[TeacherAnswer | None]:
-    """Ask the teacher; on CUDA out-of-memory halve the batch (for this and later batches) and retry."""
+def _answer(teacher: Teacher, frames: list[Frame], producer: _Producer) -> list[TeacherAnswer | None]:
+    """Ask the teacher; on running out of memory halve the batch (for this and later batches) and retry."""
     size = producer.batch_size
-    if len(inputs) > size:  # batched before an out-of-memory error lowered the size
-        return [a for i in range(0, len(inputs), size) for a in _answer(teacher, inputs[i : i + size], producer)]
+    if len(frames) > size:  # batched before an out-of-memory error lowered the size
+        return [a for i in range(0, len(frames), size) for a in _answer(teacher, frames[i : i + size], producer)]
     try:
-        if hasattr(teacher, "label_frames"):
-            return list(teacher.label_frames(inputs))  # type: ignore[attr-defined]
-        return list(teacher.label(inputs))
+        answers = list(teacher.label(frames))
     except Exception as exc:
-        if not _is_oom(exc):
+        if not is_out_of_memory(exc):
             raise
-        if len(inputs) == 1:
+        if len(frames) == 1:
             raise TeacherError(
                 "out of GPU memory even at batch size 1; use a smaller model, --device cpu, or free the GPU"
             ) from None
-        half = len(inputs) // 2
+        half = len(frames) // 2
         producer.batch_size = max(1, min(producer.batch_size, half))
-        logger.warning("CUDA out of memory at batch size %d; halving to %d and going on", len(inputs), half)
-        _empty_cuda_cache()
-        return _answer(teacher, inputs[:half], producer) + _answer(teacher, inputs[half:], producer)
-
-
-def _empty_cuda_cache() -> None:
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        logger.warning("out of memory at batch size %d; halving to %d and going on", len(frames), half)
+        release_gpu_memory()
+        return _answer(teacher, frames[:half], producer) + _answer(teacher, frames[half:], producer)
+    if len(answers) != len(frames):
+        raise TeacherError(f"the teacher returned {len(answers)} answers for {len(frames)} frames; fix the backend")
+    return answers
 
 
 def _expected_samples(videos: Sequence[VideoFile], sampling: SamplingConfig) -> int | None:
@@ -230,7 +211,7 @@ def run_label(
     show_progress: bool = False,
     shard_rows: int = 512,
     teacher: Teacher | None = None,
-    annotations_root: str | os.PathLike[str] | None = None,
+    root: str | os.PathLike[str] | None = None,
 ) -> LabelSummary:
     """Label every sampled frame of `inputs` into the label set `out` (Parquet shards + manifest + config.yaml).
 
@@ -243,8 +224,8 @@ def run_label(
         cfg: the task config (classes, question, sampling, teacher).
         shard_rows: frames per shard; a killed run redoes at most this many.
         teacher: an already built teacher (default: `build_teacher(cfg)`).
-        annotations_root: passed to `build_teacher` for the annotations teacher (default: the input folder,
-            when `inputs` is one folder).
+        root: passed to `build_teacher`: the folder video names are relative to, where an annotations CSV
+            names them with it (default: the input folder, when `inputs` is one folder).
 
     Raises:
         VideoError: no input is a readable video. TeacherError, DatasetError, ConfigError: one line each.
@@ -259,17 +240,16 @@ def run_label(
     if not videos:
         reason = f" ({failures[0].name}: {failures[0].reason})" if failures else ""
         raise VideoError(f"no video found in {', '.join(map(str, inputs))}{reason}; pass video files or folders")
-    if annotations_root is None and len(inputs) == 1 and Path(inputs[0]).is_dir():
-        annotations_root = inputs[0]  # CSV paths given with the folder (absolute or as typed) still match
-    writer, teacher = _open(out, cfg, teacher, overwrite, shard_rows, annotations_root)
+    if root is None and len(inputs) == 1 and Path(inputs[0]).is_dir():
+        root = inputs[0]  # CSV paths given with the folder (absolute or as typed) still match
+    writer, teacher = _open(out, cfg, teacher, overwrite, shard_rows, root)
     finished = _finished_videos(writer, cfg.sampling)
     producer = _Producer(
         videos,
         cfg,
         frozenset(writer.done),
         finished,
-        wants_frames=hasattr(teacher, "label_frames"),
-        input_size=getattr(teacher, "input_size", None),
+        input_size=teacher.input_size,
         batch_size=cfg.teacher.batch_size,
     )
     summary = LabelSummary(out=out, videos_found=len(videos), failures=list(failures), stats=producer.stats)
@@ -296,7 +276,7 @@ def _open(
     teacher: Teacher | None,
     overwrite: bool,
     shard_rows: int,
-    annotations_root: str | os.PathLike[str] | None,
+    root: str | os.PathLike[str] | None,
 ) -> tuple[LabelSetWriter, Teacher]:
     """Open the label set and build the teacher, in the order that fails fastest and leaves no debris."""
     description = teacher.describe() if teacher is not None else describe_teacher(cfg)
@@ -305,7 +285,7 @@ def _open(
     if (out / MANIFEST).exists() and not overwrite:  # resume, or refuse at once (before loading a model)
         writer = LabelSetWriter(out, cfg.class_names, description, **opts)
     if teacher is None:
-        teacher = build_teacher(cfg, annotations_root=annotations_root)
+        teacher = build_teacher(cfg, root=root)
     if writer is None:  # only now: a teacher that fails to load leaves no label set behind
         writer = LabelSetWriter(out, cfg.class_names, teacher.describe(), **opts)
     save_config(cfg, out / "config.yaml")
@@ -345,12 +325,13 @@ def _loop(
             return pending
         if isinstance(item, BaseException):
             raise item
-        answers = _answer(teacher, item.inputs, producer) if item.inputs else []
-        for (video, index, t), jpeg, answer in zip(item.meta, item.jpegs, answers):
+        answers = _answer(teacher, item.frames, producer) if item.frames else []
+        for frame, jpeg, answer in zip(item.frames, item.jpegs, answers):
             if answer is None:
                 summary.skipped_uncovered += 1
                 continue
-            writer.add(_row(video, index, t, jpeg, answer, tag))
+            where = (frame.video, frame.frame_index, frame.timestamp_s)
+            writer.add(label_row(*where, jpeg, answer.label, answer.probs, teacher=tag, raw=answer.raw))
             summary.frames_labelled += 1
         summary.frames_already_done += item.already_done
         pending.update(item.videos_done)
@@ -360,20 +341,6 @@ def _loop(
             pending = {}
             writer.update(finished={"sampling": dataclasses.asdict(producer.sampling), "videos": finished})
         bar.advance(item.sampled)
-
-
-def _row(video: str, index: int, t: float, jpeg: bytes, answer: TeacherAnswer, tag: str) -> dict[str, Any]:
-    return {
-        "video": video,
-        "frame_index": index,
-        "timestamp_s": t,
-        "image": jpeg,
-        "label": answer.label,
-        "probs": [float(p) for p in answer.probs],
-        "confidence": answer.confidence,
-        "teacher": tag,
-        "raw": answer.raw,
-    }
 
 
 def _run_record(summary: LabelSummary) -> dict[str, Any]:

@@ -104,7 +104,7 @@ def teacher_backends() -> tuple[str, ...]:
 def _backend(cfg: TaskConfig) -> _Backend:
     name = cfg.teacher.backend
     if name not in _BACKENDS:
-        raise TeacherError(f"unknown teacher {name!r}; choose one of: {', '.join(teacher_backends())}")
+        raise TeacherError(f"unknown teacher backend {name!r}; choose one of: {', '.join(teacher_backends())}")
     return _BACKENDS[name]
 
 
@@ -137,7 +137,7 @@ def build_prompt(cfg: TaskConfig) -> str:
 
 
 def normalize_answer(text: str) -> str:
-    """The seed recipe's matching key: lower-case, letters only (`"Idle-Warning!"` -> `"idlewarning"`)."""
+    """The matching key of a free-text answer: lower-case, letters only (`"Idle-Warning!"` -> `"idlewarning"`)."""
     return "".join(ch for ch in text.lower() if ch.isalpha())
 
 

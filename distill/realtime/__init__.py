@@ -7,7 +7,7 @@ needs OpenCV, numpy and ONNX Runtime only, never torch; a PaliGemma teacher brin
 import distill.video  # noqa: F401  (first: it sets OpenCV's log level before cv2 loads)
 
 # isort: split
-from distill.realtime.fallback import FallbackWorker, Teacher, Verdict
+from distill.realtime.fallback import FallbackWorker, Verdict
 from distill.realtime.hard_examples import HardExamples
 from distill.realtime.serve import DEFAULT_HARD_EXAMPLES, ServeSummary, SourceSummary, run_serve
 from distill.realtime.sinks import DisplaySink, EventLog, render_overlay
@@ -22,7 +22,6 @@ __all__ = [
     "ServeSummary",
     "Smoother",
     "SourceSummary",
-    "Teacher",
     "Verdict",
     "render_overlay",
     "run_serve",

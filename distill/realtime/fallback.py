@@ -5,23 +5,25 @@ takes one at most `max_per_second` times a second, asks the teacher, posts a `Ve
 shown label for `hold_s` seconds) and stores the frame with the teacher's label as a hard example.
 A teacher exception is counted and logged, never fatal; running out of memory pauses fallback for a while.
 
+The teacher is any `distill.label.Teacher`: it is given a `Frame` (BGR pixels plus the video name and time the
+frame carries in hard examples), so the annotations teacher and a model answer the same call.
+
 This module does not load teachers (`distill.label.build_teacher` does) or decide when to ask.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
-import cv2
 import numpy as np
 
+from distill.errors import first_line, is_out_of_memory, release_gpu_memory
+from distill.label import Teacher, TeacherAnswer
 from distill.realtime._state import Slot
 from distill.realtime.capture import CapturedFrame
 from distill.realtime.hard_examples import HardExamples
@@ -30,16 +32,6 @@ from distill.video import Frame
 logger = logging.getLogger(__name__)
 
 OOM_PAUSE_S = 60.0
-
-
-class Teacher(Protocol):
-    """What the fallback needs of a teacher (contract 2 of `distill.label`)."""
-
-    classes: tuple[str, ...]
-
-    def label(self, images: list[np.ndarray]) -> list[Any]: ...
-
-    def describe(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -76,16 +68,11 @@ class FallbackStats:
     call_s: deque[float] = field(default_factory=lambda: deque(maxlen=50), repr=False)  # last call durations
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """True for torch's CUDA OOM, MemoryError, and runtime errors that say "out of memory"."""
-    return isinstance(exc, MemoryError) or "OutOfMemory" in type(exc).__name__ or "out of memory" in str(exc).lower()
-
-
 class FallbackWorker:
     """Asks `teacher` about offered frames, at most `max_per_second` calls a second.
 
     Args:
-        teacher: a teacher with the `distill.label` protocol (`label_frames` is used where it exists).
+        teacher: a `distill.label.Teacher`.
         classes: the student's classes; the teacher must know the same set (its probs are reordered to these).
         verdicts: one slot per source, where answers go.
         hard_examples: where asked frames are stored (or None).
@@ -137,12 +124,13 @@ class FallbackWorker:
             self._ask(request)
 
     def _ask(self, request: Request) -> None:
-        frame = request.frame
+        captured = request.frame
+        frame = Frame(request.video, captured.index, request.timestamp_s, captured.image)
         self.stats.asked += 1
         self.busy.set()
         start = time.monotonic()
         try:
-            answer = self._call_teacher(request)
+            answer = self._call_teacher(frame)
         except Exception as exc:  # a teacher failure never stops the loop
             self._failed(exc)
             return
@@ -150,7 +138,7 @@ class FallbackWorker:
             self.busy.clear()
         self.stats.call_s.append(time.monotonic() - start)
         if self.stop.is_set():
-            logger.debug("dropping the teacher's answer for frame %d: the loop is stopping", frame.index)
+            logger.debug("dropping the teacher's answer for frame %d: the loop is stopping", captured.index)
             return
         if answer is None:
             self.stats.unanswered += 1
@@ -162,34 +150,25 @@ class FallbackWorker:
             self.stats.unmatched += 1
         else:
             confidence = float(probs[self.classes.index(label)])
-            self.verdicts[frame.source].put(Verdict(label, confidence, time.monotonic() + self.hold_s, frame.index))
+            verdict = Verdict(label, confidence, time.monotonic() + self.hold_s, captured.index)
+            self.verdicts[captured.source].put(verdict)
         if self.hard_examples is not None:
-            self.hard_examples.add(request, label, probs, getattr(answer, "raw", None))
+            self.hard_examples.add(frame, label, probs, answer.raw)
 
-    def _call_teacher(self, request: Request) -> Any:
-        frame = request.frame
-        if hasattr(self.teacher, "label_frames"):  # the annotations teacher needs the frame's provenance
-            answers = self.teacher.label_frames([Frame(request.video, frame.index, request.timestamp_s, frame.image)])
-        else:
-            answers = self.teacher.label([cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB)])
+    def _call_teacher(self, frame: Frame) -> TeacherAnswer | None:
+        answers = self.teacher.label([frame])
         if len(answers) != 1:
             raise RuntimeError(f"the teacher returned {len(answers)} answers for one frame")
         return answers[0]
 
     def _failed(self, exc: Exception) -> None:
         self.stats.errors += 1
-        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+        self.stats.last_error = f"{type(exc).__name__}: {first_line(exc)}"
         if is_out_of_memory(exc):
             self.stats.paused += 1
             self._paused_until = time.monotonic() + OOM_PAUSE_S
             self.slot.take()
-            _free_gpu_cache()
+            release_gpu_memory()
             logger.warning("the teacher ran out of memory; fallback paused for %.0f s", OOM_PAUSE_S)
         elif self.stats.errors <= 3 or self.stats.errors % 100 == 0:
             logger.warning("teacher call failed (%d so far): %s", self.stats.errors, self.stats.last_error)
-
-
-def _free_gpu_cache() -> None:
-    torch = sys.modules.get("torch")  # only if a teacher already imported it; serving never imports torch
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()

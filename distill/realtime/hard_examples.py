@@ -5,7 +5,7 @@ probabilities in the student's class order). A shard is written every `flush_row
 and on `close`, so a stopped run loses nothing the teacher answered. Reopening the folder with the same
 classes and teacher appends to it; frames already stored (same video and frame index) are skipped.
 
-This module does not ask the teacher; `distill.realtime.fallback` does.
+This module does not ask the teacher; `distill.realtime.fallback` does, and hands each answered `Frame` here.
 """
 
 from __future__ import annotations
@@ -16,17 +16,14 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from distill.dataset import LabelSetWriter
+from distill.dataset import LabelSetWriter, label_row
 from distill.errors import DatasetError
 from distill.label import teacher_tag
-from distill.video import encode_jpeg, resize_short_side
-
-if TYPE_CHECKING:
-    from distill.realtime.fallback import Request
+from distill.video import Frame, encode_jpeg, resize_short_side
 
 logger = logging.getLogger(__name__)
 
@@ -69,25 +66,15 @@ class HardExamples:
         self.written = 0  # rows added in this run
         self.skipped = 0  # frames already in the set
 
-    def add(self, request: Request, label: str | None, probs: np.ndarray, raw: str | None) -> bool:
+    def add(self, frame: Frame, label: str | None, probs: np.ndarray, raw: str | None) -> bool:
         """Store one teacher-labelled frame; False if it was already stored or the writer is closed."""
-        frame = request.frame
         jpeg = encode_jpeg(resize_short_side(frame.image, self.image_size))  # outside the lock: the slow part
-        row = {
-            "video": request.video,
-            "frame_index": frame.index,
-            "timestamp_s": float(request.timestamp_s),
-            "image": jpeg,
-            "label": label,
-            "probs": [float(p) for p in probs],
-            "confidence": float(np.max(probs)) if len(probs) else 0.0,
-            "teacher": self._teacher,
-            "raw": raw,
-        }
+        where = (frame.video, frame.frame_index, frame.timestamp_s)
+        row = label_row(*where, jpeg, label, probs, teacher=self._teacher, raw=raw)
         with self._lock:
             if self._closed:
                 return False
-            if (request.video, frame.index) in self._writer.done:
+            if (frame.video, frame.frame_index) in self._writer.done:
                 self.skipped += 1
                 return False
             self._writer.add(row)  # writes a shard by itself every `flush_rows` rows

@@ -10,7 +10,9 @@ rtsp://…  ─capture──> [slot] ─┘        │ unsure  ^ verdict     └
 Every arrow between threads is a single-value slot (latest wins): nothing queues up. `q`, SIGINT, SIGTERM,
 `max_seconds`, or the end of every source stops all threads; they are joined within a second.
 
-This module does not load the teacher (the caller passes one) and never imports torch.
+`teacher_config` and `build_fallback_teacher` make the fallback teacher ask what labelling asked: the question
+and class texts the student recorded. `run_serve` itself does not load a teacher (the caller passes one), and
+this module never imports torch.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distill.config import TaskConfig, parse_classes
 from distill.errors import ConfigError, VideoError
+from distill.label import Teacher, build_teacher
 from distill.realtime._state import LatencyHistogram, Slot, Workers
 from distill.realtime.capture import CapturedFrame, CaptureWorker
-from distill.realtime.fallback import FallbackWorker, Teacher
+from distill.realtime.fallback import FallbackWorker
 from distill.realtime.hard_examples import HardExamples
 from distill.realtime.inference import InferenceWorker, SourceState, StudentLike
 from distill.realtime.sinks import DisplaySink, EventLog
@@ -38,6 +41,9 @@ from distill.realtime.smoothing import Smoother
 from distill.realtime.stats import StatsClock
 from distill.realtime.summary import ServeSummary, SourceSummary
 from distill.video import Source, parse_source
+
+if TYPE_CHECKING:
+    from distill.train.meta import StudentMeta
 
 logger = logging.getLogger(__name__)
 
@@ -103,14 +109,56 @@ def run_serve(
     return summary
 
 
-def teacher_config(cfg: TaskConfig, student_classes: Sequence[str]) -> TaskConfig:
-    """The config a fallback teacher is built from: the student's classes unless the config names them."""
+def teacher_config(cfg: TaskConfig, meta: StudentMeta, *, question: str | None = None) -> TaskConfig:
+    """The config serving's fallback teacher is built from: by default it asks what labelling asked.
+
+    - `cfg` names no classes: the student's classes with the texts it recorded, and its recorded question
+      (`question` replaces it). A student that recorded no question (made before questions were recorded)
+      is asked `cfg.question` about its class names, as labelling would have by default.
+    - `cfg` names classes (the user's `--config`): used as given, `question` replacing its question; its class
+      names must be the student's.
+
+    Raises:
+        ConfigError: the config's class names differ from the student's.
+
+    Example:
+        >>> cfg = teacher_config(load_config(), Student("student.onnx").meta)  # doctest: +SKIP
+        >>> cfg.question, [c.text for c in cfg.classes]  # doctest: +SKIP
+        ('what is the machine doing? {choices}', ['machine idle', 'machine running'])
+    """
     if cfg.classes:
-        return cfg
-    return dataclasses.replace(cfg, classes=parse_classes(list(student_classes)))
+        if set(cfg.class_names) != set(meta.classes):
+            raise ConfigError(
+                f"the config's classes ({', '.join(cfg.class_names)}) differ from the student's "
+                f"({', '.join(meta.classes)}); pass the --config the student was trained with, or none"
+            )
+        return cfg if question is None else dataclasses.replace(cfg, question=question)
+    classes = parse_classes([{"name": n, "text": t} for n, t in zip(meta.classes, meta.class_texts)])
+    asked = question if question is not None else meta.question or cfg.question
+    return dataclasses.replace(cfg, classes=classes, question=asked)
 
 
-def annotations_root(sources: Sequence[str | int | Source]) -> Path | None:
+def build_fallback_teacher(
+    cfg: TaskConfig,
+    meta: StudentMeta,
+    sources: Sequence[str | int | Source] = (),
+    *,
+    question: str | None = None,
+) -> tuple[TaskConfig, Teacher]:
+    """The fallback teacher `cfg.teacher.backend` names, asking what `teacher_config` says, and its config.
+
+    Video names the teacher is given are relative to the folder of the first file source (`teacher_root`).
+    Building a PaliGemma teacher imports torch; nothing else here does.
+
+    Raises:
+        ConfigError: classes that differ from the student's. TeacherError: an unknown backend or a model or
+            annotations file that cannot be loaded.
+    """
+    cfg = teacher_config(cfg, meta, question=question)
+    return cfg, build_teacher(cfg, root=teacher_root(sources))
+
+
+def teacher_root(sources: Sequence[str | int | Source]) -> Path | None:
     """The folder of the first file source: segments CSV paths under it match the names served files carry."""
     for spec in sources:
         source = spec if isinstance(spec, Source) else parse_source(spec)

@@ -1,7 +1,7 @@
 """Temporal smoothing of the student's per-frame probabilities, with hysteresis so the label does not flicker.
 
 - `ema` (default): exponential moving average of the probabilities, `s = alpha * p + (1 - alpha) * s`.
-- `vote`: majority vote over the last `window` frames' top classes (the seed article's smoothing); the
+- `vote`: majority vote over the last `window` frames' top classes (steadier on noisy cameras); the
   reported confidence is the mean probability of the shown class over the window.
 
 Hysteresis: the shown label changes only when another class's score beats the shown one's by `hysteresis`.

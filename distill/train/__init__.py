@@ -1,7 +1,11 @@
 """distill.train: the student (a timm classifier) trained on a teacher's label set with Lightning.
 
-- `load_student(ckpt) -> (model in eval mode, meta)`: the checkpoint contract export and evaluation build on.
-- `build_meta`, `save_student`, `create_student`, `preprocessing`: the same contract, for tools and tests.
+- `StudentMeta`, `HeldOutSplit`: everything about a student that travels with it (checkpoint and ONNX), and
+  the frames its training held out.
+- `load_student(ckpt) -> (model in eval mode, StudentMeta)`: the checkpoint contract export builds on.
+- `build_meta`, `save_student`, `read_meta`, `create_student`, `preprocessing`: the same contract, for tools
+  and tests.
+- `held_out_mask(split, labels_dir)`: which rows of a label set training held out (export and compare ask it).
 - `run_train(labels_dir, out_dir, cfg) -> TrainSummary`: the training run behind `distill train`.
 
 Importing this package imports neither torch, timm nor Lightning; the training run loads them when called.
@@ -20,8 +24,13 @@ from distill.train.checkpoint import (
     read_meta,
     save_student,
 )
+from distill.train.meta import HeldOutSplit, StudentMeta, held_out_mask
 
-_LAZY = {"run_train": "distill.train.run", "TrainSummary": "distill.train.run", "audit_labels": "distill.train.audit"}
+_LAZY = {
+    "run_train": "distill.train.run",
+    "TrainSummary": "distill.train.run",
+    "audit_labels": "distill.train.audit",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -34,10 +43,13 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "CKPT_KEY",
+    "HeldOutSplit",
+    "StudentMeta",
     "TrainSummary",
     "audit_labels",
     "build_meta",
     "create_student",
+    "held_out_mask",
     "load_student",
     "preprocessing",
     "read_meta",

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from distill.errors import TrainError
+from distill.errors import TrainError, first_line
 
 if TYPE_CHECKING:
     from torch import nn
@@ -34,7 +34,7 @@ def check_model_name(name: str) -> str:
         return name
     close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models() for the names"
-    raise TrainError(f"unknown timm model {name!r}; {hint} (--student NAME)")
+    raise TrainError(f"unknown timm model {name!r}; {hint} (--model NAME)")
 
 
 def model_kwargs(name: str, image_size: int) -> dict[str, Any]:
@@ -75,11 +75,8 @@ def create_timm(name: str, num_classes: int, image_size: int, *, pretrained: boo
 @contextmanager
 def _hub_offline():
     """Make huggingface_hub use its local cache only, for the duration of the block."""
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # pragma: no cover - timm depends on huggingface_hub
-        yield
-        return
+    from huggingface_hub import constants  # a dependency of timm
+
     old = constants.HF_HUB_OFFLINE
     constants.HF_HUB_OFFLINE = True
     try:
@@ -133,9 +130,8 @@ def check_input_size(model: nn.Module, name: str, image_size: int) -> None:
         with torch.no_grad():
             model(torch.zeros(1, 3, image_size, image_size))
     except (RuntimeError, ValueError, AssertionError) as exc:
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise TrainError(
-            f"image size {image_size} does not fit {name} ({reason}); try --image-size {default}"
+            f"image size {image_size} does not fit {name} ({first_line(exc)}); try --image-size {default}"
         ) from None
     finally:
         model.train(was_training)

@@ -23,8 +23,7 @@ import pyarrow.parquet as pq
 import torch
 
 from distill._progress import progress_bar
-from distill.dataset import shard_paths
-from distill.errors import DatasetError
+from distill.dataset import decode_image, shard_paths
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +38,7 @@ def default_memory_limit() -> int:
 
 def decode_squash(jpeg: bytes, size: int) -> np.ndarray:
     """JPEG bytes -> RGB uint8 (size, size, 3): the whole frame resized (bilinear), no crop."""
-    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DatasetError("a frame's JPEG cannot be decoded; relabel the set (the shard may be damaged)")
-    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+    image = cv2.resize(decode_image(jpeg), (size, size), interpolation=cv2.INTER_LINEAR)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

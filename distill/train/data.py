@@ -4,7 +4,9 @@
   (-1 for an unmatched answer), the teacher's distribution in the main set's class order, and provenance.
 - `make_splits(rows, val_fraction, seed)`: by video with `distill.dataset.split_by_video`; a single video is
   split into time blocks, and training frames closer than a gap to a validation frame are dropped, so
-  neighbouring frames never straddle the split. Extra sets (hard examples) always go to training.
+  neighbouring frames never straddle the split. Extra sets (hard examples) always go to training. The split
+  is a `HeldOutSplit` (stored in the student), and VAL is exactly the labelled frames its `held_out` names,
+  which `distill.train.meta.held_out_mask` gives every later stage.
 
 This module does not decode images (see `distill.train.cache`) and does not import torch.
 """
@@ -22,6 +24,7 @@ import numpy as np
 
 from distill.dataset import read_manifest, read_table, split_by_video
 from distill.errors import DatasetError
+from distill.train.meta import HeldOutSplit
 
 TRAIN, VAL, DROPPED = 0, 1, -1
 _COLUMNS = ["video", "frame_index", "timestamp_s", "label", "probs", "confidence"]
@@ -138,7 +141,8 @@ def make_splits(rows: Rows, val_fraction: float = 0.2, seed: int = 0) -> tuple[n
     """Assign every labelled row to TRAIN, VAL or DROPPED (unmatched frames and single-video gap frames).
 
     Returns:
-        (split array (N,), info dict with mode, videos per split and counts), as saved to splits.json.
+        (split array (N,), info dict): the info holds the `HeldOutSplit` under `held_out` (what the student
+        records) and, for people, the mode, videos per split and counts (what splits.json shows).
     """
     split = np.full(len(rows), DROPPED, np.int64)
     labelled = rows.label >= 0
@@ -147,12 +151,13 @@ def make_splits(rows: Rows, val_fraction: float = 0.2, seed: int = 0) -> tuple[n
     videos = sorted(set(rows.video[main]))
     if len(videos) >= 2:
         train_v, val_v = split_by_video(videos, val_fraction, seed)
-        in_val = np.isin(rows.video, val_v)
+        held = HeldOutSplit("by-video", tuple(val_v), val_fraction=val_fraction, seed=seed)
+        in_val = held.held_out(rows.video, rows.timestamp)
         split[main & in_val] = VAL
         split[main & ~in_val] = TRAIN
         info: dict[str, Any] = {"mode": "by-video", "seed": seed, "videos": {"train": train_v, "val": val_v}}
     else:
-        info = _time_blocks(rows, main, split, val_fraction, seed)
+        held, info = _time_blocks(rows, main, split, val_fraction, seed)
         info["videos"] = {"train": videos, "val": videos}
     if not (split == VAL).any() or (split[rows.set_index == 0] == TRAIN).sum() < 2:
         raise DatasetError(
@@ -160,19 +165,24 @@ def make_splits(rows: Rows, val_fraction: float = 0.2, seed: int = 0) -> tuple[n
         )
     info["counts"] = _counts(rows, split)
     info["extra_sets"] = [str(p) for p in rows.sources[1:]]
+    info["held_out"] = held
     return split, info
 
 
-def _time_blocks(rows: Rows, main: np.ndarray, split: np.ndarray, val_fraction: float, seed: int) -> dict[str, Any]:
+def _time_blocks(
+    rows: Rows, main: np.ndarray, split: np.ndarray, val_fraction: float, seed: int
+) -> tuple[HeldOutSplit, dict[str, Any]]:
     """Split one video into time blocks; drop training frames closer than `gap_s` to any validation frame."""
     idx = np.flatnonzero(main)
     t = rows.timestamp[idx]
     n_blocks = int(np.clip(len(idx) // 8, 2, 10))
     edges = np.linspace(t.min(), t.max(), n_blocks + 1)
-    block = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, n_blocks - 1)
     n_val = min(max(1, round(n_blocks * val_fraction)), n_blocks - 1)
     val_blocks = sorted(random.Random(seed).sample(range(n_blocks), n_val))
-    is_val = np.isin(block, val_blocks)
+    held = HeldOutSplit(
+        "time-blocks", (str(rows.video[idx[0]]),), tuple(edges), tuple(val_blocks), val_fraction=val_fraction, seed=seed
+    )
+    is_val = held.held_out(rows.video[idx], t)
     dt = np.diff(np.sort(t))
     step = float(np.median(dt[dt > 0])) if (dt > 0).any() else 1.0
     gap_s = max(2.0 * step, 0.02 * float(t.max() - t.min()))
@@ -183,7 +193,7 @@ def _time_blocks(rows: Rows, main: np.ndarray, split: np.ndarray, val_fraction: 
     )
     dropped = ~is_val & (dist < gap_s)
     split[idx] = np.where(is_val, VAL, np.where(dropped, DROPPED, TRAIN))
-    return {
+    return held, {
         "mode": "time-blocks",
         "seed": seed,
         "blocks": n_blocks,

@@ -20,6 +20,9 @@ was asked, or which frames training held out.
 Files written before the split and the question were recorded (`distill-student/1`) still load; their
 `split` is None and their `class_texts` are the class names.
 
+`held_out_mask(split, labels_dir)` applies a split to a label set: the rows training held out, which export's
+parity gate and compare evaluate.
+
 This module imports neither torch nor onnx: serving reads it on machines that have only ONNX Runtime.
 """
 
@@ -103,6 +106,21 @@ class HeldOutSplit:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def held_out_mask(split: HeldOutSplit, labels_dir: str | os.PathLike[str]) -> np.ndarray:
+    """(N,) bool over a label set's rows in `read_table` order: the frames `split` held out from training.
+
+    The one answer for every stage: training's VAL rows are the labelled ones of this mask on its main set,
+    export checks parity on them and compare evaluates them. Rows the teacher left unlabelled are included
+    (they are in held-out videos or blocks); callers skip them as training did. Extra label sets are never
+    held out, so pass the main set.
+    """
+    from distill.dataset import read_table  # pyarrow: serving, which only reads metadata, never asks
+
+    table = read_table(labels_dir, columns=["video", "timestamp_s"])
+    videos = np.array(table.column("video").to_pylist(), dtype=object)
+    return split.held_out(videos, np.asarray(table.column("timestamp_s").to_numpy(), np.float64))
+
+
 @dataclass(frozen=True)
 class StudentMeta:
     """What a student is and how to feed it (see the module docstring for the fields)."""
@@ -181,15 +199,18 @@ class StudentMeta:
             raise ExportError(f"{source}: the student metadata is not a mapping; retrain the student")
         fmt = data.get("format", READABLE[0])
         if fmt not in READABLE:
-            raise ExportError(f"{source} has student format {fmt!r}, this distill reads {', '.join(READABLE)}; upgrade")
+            raise ExportError(
+                f"{source} has student format {fmt!r}, this distill reads {', '.join(READABLE)}; upgrade distill"
+            )
         required = ("classes", "model", "image_size", "mean", "std")
         missing = [k for k in required if k not in data]
         if missing:
             raise ExportError(f"{source}: the student metadata lacks {', '.join(missing)}; retrain the student")
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known and v is not None}
-        kwargs["split"] = HeldOutSplit.from_dict(data.get("split") if isinstance(data.get("split"), Mapping) else None)
+        split = data.get("split")
         try:
+            kwargs["split"] = HeldOutSplit.from_dict(split if isinstance(split, Mapping) else None)
             return cls(**kwargs)
         except ExportError as exc:
             raise ExportError(f"{source}: {exc}") from None
@@ -199,8 +220,12 @@ class StudentMeta:
     # --- ONNX metadata_props ---------------------------------------------------------------------------------
 
     def to_props(self) -> dict[str, str]:
-        """`metadata_props` entries: every field JSON-encoded under `distill.<field>`, plus `distill.format`."""
-        return {PREFIX + k: json.dumps(v, sort_keys=True) for k, v in self.to_dict().items()}
+        """`metadata_props` entries: every field JSON-encoded under `distill.<field>`, and `distill.format` as
+        the plain format string (as `distill-student/1` files have it)."""
+        data = self.to_dict()
+        return {PREFIX + "format": data.pop("format")} | {
+            PREFIX + k: json.dumps(v, sort_keys=True) for k, v in data.items()
+        }
 
     @classmethod
     def from_props(cls, props: Mapping[str, str], source: str | os.PathLike[str] = "the model") -> StudentMeta:
@@ -210,14 +235,16 @@ class StudentMeta:
                 f"{source} is an ONNX model but not a distill student (no {PREFIX}format metadata); "
                 "export one with `distill export CKPT`"
             )
-        data: dict[str, Any] = {}
+        data: dict[str, Any] = {"format": props[PREFIX + "format"]}
         for key, raw in props.items():
-            if not key.startswith(PREFIX):
+            if not key.startswith(PREFIX) or key == PREFIX + "format":
                 continue
             try:
                 data[key[len(PREFIX) :]] = json.loads(raw)
             except json.JSONDecodeError:
-                raise ExportError(f"{source} has unreadable {key} metadata; re-export it with `distill export`") from None
+                raise ExportError(
+                    f"{source} has unreadable {key} metadata; re-export it with `distill export`"
+                ) from None
         return cls.from_dict(data, source)
 
 

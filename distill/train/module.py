@@ -12,7 +12,6 @@ This module does not read label sets or write outputs other than the checkpoint 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import lightning as L  # noqa: N812
@@ -21,7 +20,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from distill.train.augment import AugmentConfig, augment, mixup, normalize, to_float
-from distill.train.checkpoint import CKPT_KEY
+from distill.train.meta import CHECKPOINT_KEY, StudentMeta
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -40,7 +39,7 @@ class StudentModule(L.LightningModule):
 
     Args:
         model: the timm model (logits (B, K)).
-        meta: the checkpoint meta (classes, preprocessing, ...), saved in every checkpoint.
+        meta: the student's `StudentMeta` (classes, preprocessing, split, ...), saved in every checkpoint.
         soft: train on distributions (with `temperature` and `mixup`); otherwise on the hard labels.
         mixup_alpha: Beta(alpha, alpha) mixing of images and targets; 0 turns it off.
         lr, weight_decay, warmup_epochs: AdamW with linear warmup then cosine decay, per step.
@@ -49,7 +48,7 @@ class StudentModule(L.LightningModule):
     def __init__(
         self,
         model: nn.Module,
-        meta: Mapping[str, Any],
+        meta: StudentMeta,
         *,
         soft: bool = True,
         temperature: float = 1.0,
@@ -61,15 +60,15 @@ class StudentModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.model = model
-        self.meta = dict(meta)
+        self.meta = meta
         self.soft = soft
         self.temperature = temperature if soft else 1.0
         self.mixup_alpha = mixup_alpha if soft else 0.0
         self.lr, self.weight_decay, self.warmup_epochs = lr, weight_decay, warmup_epochs
         self.augment_cfg = augment_cfg or AugmentConfig()
-        self.image_size = int(meta["image_size"])
-        self.register_buffer("mean", torch.tensor(meta["mean"], dtype=torch.float32), persistent=False)
-        self.register_buffer("std", torch.tensor(meta["std"], dtype=torch.float32), persistent=False)
+        self.image_size = meta.image_size
+        self.register_buffer("mean", torch.tensor(meta.mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("std", torch.tensor(meta.std, dtype=torch.float32), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -120,4 +119,4 @@ class StudentModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CKPT_KEY] = self.meta
+        checkpoint[CHECKPOINT_KEY] = self.meta.to_dict()

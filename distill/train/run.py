@@ -1,16 +1,17 @@
-"""The training run behind `distill train`: label set in, student checkpoint, figures and student.onnx out.
+"""The training run behind `distill train`: label set in, student checkpoint and figures out.
 
 Steps: read the label set(s) -> audit the labels (label_audit.json) -> split by video (splits.json) -> decode the
 frames once into a uint8 cache -> train with Lightning (best checkpoint by val agreement with the teacher, early
 stopping, CSV/TensorBoard logs) -> measure the best checkpoint on the val split (metrics.json, also stored in the
-checkpoint meta) -> save the resolved config (config.yaml) -> export student.onnx (`distill.export.export_onnx`).
+checkpoint meta) -> save the resolved config (config.yaml).
 
 ```
 out_dir/
-  student.ckpt  last.ckpt  student.onnx  metrics.json  splits.json  label_audit.json  config.yaml  logs/
+  student.ckpt  last.ckpt  metrics.json  splits.json  label_audit.json  config.yaml  logs/
 ```
 
-This module does not print: `report(kind, data)` receives the audit and the splits as soon as they are known.
+This module does not export ONNX (`distill train` chains `distill.export.export_onnx` after it) and does not
+print: `report(kind, data)` receives the audit and the splits as soon as they are known.
 """
 
 from __future__ import annotations
@@ -33,13 +34,15 @@ import lightning as L  # noqa: N812
 import numpy as np
 import torch
 
+from distill._files import write_atomic
 from distill.config import TaskConfig, parse_classes, save_config
-from distill.errors import TrainError
+from distill.errors import ConfigError, TrainError
 from distill.train._models import check_input_size, check_min_size, check_model_name, create_timm
 from distill.train.audit import audit_labels
 from distill.train.cache import CachedFrames, build_cache
-from distill.train.checkpoint import CKPT_KEY, build_meta, read_checkpoint, read_meta
+from distill.train.checkpoint import CKPT_KEY, build_meta, meta_of, read_checkpoint, read_meta
 from distill.train.data import TRAIN, VAL, Rows, load_rows, make_splits
+from distill.train.meta import HeldOutSplit, StudentMeta
 from distill.train.metrics import predict, student_metrics
 from distill.train.module import StudentModule
 
@@ -56,7 +59,6 @@ class TrainSummary:
 
     out_dir: Path
     checkpoint: Path  # best by val agreement
-    onnx: Path | None
     classes: list[str]
     model: str
     soft: bool
@@ -82,14 +84,13 @@ def run_train(
     show_progress: bool = False,
     num_workers: int | None = None,
     balance: bool | None = None,
-    export: bool = True,
     report: Report | None = None,
 ) -> TrainSummary:
     """Train a student on a label set (plus `extra` sets, training split only) and write its outputs.
 
     Args:
         labels_dir: the label set `distill label` wrote; classes come from its manifest.
-        out_dir: folder for the checkpoint, figures and student.onnx.
+        out_dir: folder for the checkpoint and figures.
         cfg: the task config (`student` and `train` sections are used).
         extra: more label sets with the same classes (e.g. hard examples `serve` saved); training only.
         accelerator, devices, precision: passed to `lightning.Trainer` (precision None: bf16-mixed on a
@@ -97,17 +98,22 @@ def run_train(
         resume: a checkpoint of this run (`last.ckpt`) to continue from (more `--epochs` train longer).
         num_workers: DataLoader workers (None: sized to the machine and the set).
         balance: sample classes evenly (None: when the largest class has over 2x the frames of the smallest).
-        export: write student.onnx at the end.
         report: called with ("audit", dict) and ("splits", dict) before training starts.
 
     Raises:
         DatasetError: missing, empty or one-class label sets.
+        ConfigError: the config names classes other than the label set's.
         TrainError: unknown model, image size the model cannot take, unfetchable weights, bad resume checkpoint.
     """
     start = time.perf_counter()
     name, size = check_model_name(cfg.student.model), cfg.student.image_size
     check_min_size(name, size)
     rows = load_rows(labels_dir, extra)
+    if cfg.classes and set(cfg.class_names) != set(rows.classes):
+        raise ConfigError(
+            f"the config's classes ({', '.join(cfg.class_names)}) differ from the label set's "
+            f"({', '.join(rows.classes)}); pass the --config the labels were made with, or none"
+        )
     if resume is not None:
         _check_resume(Path(resume), rows.classes, name, size)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
@@ -124,7 +130,7 @@ def run_train(
         if report and main_process:
             report(kind, data)
     soft = cfg.train.soft and bool(rows.has_probs[split >= 0].any())
-    meta = _meta(rows, name, size, cfg, labels_dir, extra, splits["mode"])
+    meta = _meta(rows, name, size, labels_dir, extra, splits["held_out"])
     module = StudentModule(
         model, meta, soft=soft, temperature=cfg.train.temperature, mixup_alpha=cfg.train.mixup,
         lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
@@ -144,7 +150,7 @@ def run_train(
             (out / "cache").rmdir()
     best = Path(trainer.checkpoint_callback.best_model_path or out / "last.ckpt")
     summary = TrainSummary(
-        out, best, None, rows.classes, name, soft, balanced, int(trainer.current_epoch), None, audit, splits
+        out, best, rows.classes, name, soft, balanced, int(trainer.current_epoch), None, audit, splits
     )
     if not trainer.is_global_zero:  # other DDP ranks stop here; rank 0 writes the outputs
         return summary
@@ -152,8 +158,6 @@ def run_train(
     _write_json(out / "metrics.json", summary.metrics)
     resolved = cfg if cfg.classes else dataclasses.replace(cfg, classes=parse_classes(rows.classes))
     save_config(resolved, out / "config.yaml")
-    if export:
-        summary.onnx = _export(best, out)
     summary.seconds = round(time.perf_counter() - start, 2)
     return summary
 
@@ -220,24 +224,33 @@ def _rank() -> int:
 
 def _check_resume(path: Path, classes: list[str], model: str, image_size: int) -> None:
     old = read_meta(path)
+    recorded = {"classes": list(old.classes), "model": old.model, "image_size": old.image_size}
     for key, value in (("classes", classes), ("model", model), ("image_size", image_size)):
-        if old.get(key) != value:
+        if recorded[key] != value:
             raise TrainError(
-                f"cannot resume from {path}: its {key} is {old.get(key)!r}, this run's {value!r}; "
-                "use the same label set and --student/--image-size, or drop --resume"
+                f"cannot resume from {path}: its {key} is {recorded[key]!r}, this run's {value!r}; "
+                "use the same label set and --model/--image-size, or drop --resume"
             )
 
 
-def _meta(rows: Rows, name: str, size: int, cfg: TaskConfig, labels_dir, extra, mode: str) -> dict[str, Any]:
-    """The checkpoint meta: classes, preprocessing, teacher, label set and split provenance."""
+def _meta(rows: Rows, name: str, size: int, labels_dir, extra, held_out: HeldOutSplit) -> StudentMeta:
+    """The student's meta: classes and what the teacher was asked (from the label set's manifest), the
+    preprocessing, the held-out split, and the teacher and label-set provenance."""
     label_set = {"path": str(Path(labels_dir).resolve()), "frames": int((rows.label >= 0).sum())}
     label_set |= {"classes": rows.classes, "extra": [str(Path(p).resolve()) for p in extra]}
-    meta = build_meta(rows.classes, name, size, teacher=rows.manifest.get("teacher"), label_set=label_set)
-    meta["split"] = {"mode": mode, "val_fraction": cfg.train.val_fraction, "seed": cfg.train.seed}
+    task = rows.manifest.get("config") or {}
+    teacher = dict(rows.manifest.get("teacher") or {})
+    try:
+        texts = {spec.name: spec.text for spec in parse_classes(task.get("classes") or [])}
+    except ConfigError:  # a set written without a task config (or a foreign one): the names are the texts
+        texts = {}
     # the short side `distill label` stored frames at: serving shrinks larger frames the same way first
-    stored = (rows.manifest.get("config") or {}).get("sampling", {}).get("image_size", 0)
-    meta["source_short_side"] = int(stored or 0)
-    return meta
+    stored = (task.get("sampling") or {}).get("image_size", 0)
+    return build_meta(
+        rows.classes, name, size, class_texts=tuple(texts.get(c, c) for c in rows.classes),
+        question=task.get("question"), prompt=teacher.get("prompt"), source_short_side=int(stored or 0),
+        split=held_out, teacher=teacher, label_set=label_set,
+    )  # fmt: skip
 
 
 def _fit(module, train_loader, val_loader, cfg, out, accelerator, devices, precision, resume, show_progress):
@@ -311,25 +324,18 @@ def _measure(
     metrics = student_metrics(probs, labels, tops, classes)
     epoch = ckpt.get("epoch")
     metrics["best_epoch"] = epoch
-    full = torch.load(best, map_location="cpu", weights_only=True)
-    full[CKPT_KEY] = {
-        **full[CKPT_KEY],
-        "metrics": {k: metrics[k] for k in ("agreement", "accuracy", "macro_f1", "frames")},
-    }
-    torch.save(full, best)
+    recorded = {k: metrics[k] for k in ("agreement", "accuracy", "macro_f1", "frames")}
+    ckpt[CKPT_KEY] = meta_of(ckpt, best).replace(metrics=recorded).to_dict()
+    write_atomic(best, lambda fh: torch.save(ckpt, fh))
     return metrics, epoch
 
 
-def _export(best: Path, out: Path) -> Path | None:
-    try:
-        from distill.export import export_onnx
-    except ImportError:
-        logger.warning("distill.export.export_onnx is not available; student.onnx was not written")
-        return None
-    target = out / "student.onnx"
-    export_onnx(best, target, force=True)
-    return target
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    write_atomic(path, json.dumps(data, indent=2, default=_plain) + "\n")
+
+
+def _plain(value: Any) -> Any:
+    """JSON for the typed values in reports (the `HeldOutSplit` in the splits report)."""
+    if isinstance(value, HeldOutSplit):
+        return value.to_dict()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
