@@ -1,4 +1,4 @@
-"""Sampling speed: `sample_frames` at 1 fps against grab-only decoding of the same clip.
+"""Sampling speed: `distill.decode.sample_frames` at 1 fps against grab-only decoding of the same clip.
 
 Sampling grabs every frame (demux + decode) and converts only the sampled ones to BGR images, so its cost
 should be close to decoding alone. Prints a table and writes bench/results/sample.json.
@@ -17,7 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from distill.video import sample_frames, write_video
+from distill.decode import sample_frames
+from distill.video import write_video
 
 
 def render(seconds: float, fps: float, width: int, height: int):

@@ -13,10 +13,17 @@ defaults: SigLIP-So400m/14 at 224 px -> 256 image tokens, Gemma-2B) with random 
 frames/s and MFU against ~1.39 TFLOP per frame (goal: >= 100x the seed recipe and >= 230 frames/s on an H100).
 Frames are 224x224 RGB arrays, so preprocessing is the processor's normalisation only.
 
+`--openai URL`: the `openai` teacher (a VLM behind an OpenAI-compatible server) at several concurrencies.
+`--openai test` starts tests/_openai_server.py in another process, answering instantly: what the client side
+(frame encoding, JSON, HTTP, parsing) sustains (goal: >= 500 frames/s). Against a real server (e.g. vLLM
+serving the tiny colour PaliGemma of the tests, `--openai http://127.0.0.1:8000/v1 --model colour-pg`) it
+measures that server.
+
     python bench/teacher.py [--batch-sizes 1,8,32,64] [--frames 256] [--seed-frames 32] [--repeats 3]
     python bench/teacher.py --full-size [--batch-sizes 1,16,64,128,256]
+    python bench/teacher.py --openai test|URL [--model NAME] [--soft-labels none] [--concurrency 1,4,16,64]
 
-Prints a table and writes bench/results/teacher.json (or teacher-full.json).
+Prints a table and writes bench/results/teacher.json (or teacher-full.json, teacher-openai.json).
 """
 
 from __future__ import annotations
@@ -111,8 +118,63 @@ def peak_flops(name: str, override: float | None) -> float | None:
     return None
 
 
+def openai_bench(args: argparse.Namespace) -> None:
+    """frames/s of the openai teacher at each concurrency; see the module docstring."""
+    import subprocess
+
+    from distill.label import TeacherFailure, build_teacher
+    from distill.video import Frame
+
+    server = None
+    url, model = args.openai, args.model
+    if url == "test":
+        cmd = [sys.executable, str(ROOT / "tests" / "_openai_server.py"), "--instant"]
+        server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        url, model = server.stdout.readline().strip(), "toy-vlm"
+    rng = np.random.default_rng(0)
+    n = args.frames or (2000 if server else 64)
+    colours = rng.integers(0, 256, (n, 1, 1, 3), dtype=np.uint8)
+    frames = [Frame("bench.mp4", i, 0.0, np.repeat(np.repeat(colours[i], 48, 0), 64, 1)) for i in range(n)]
+    rows = []
+    try:
+        for c in [int(x) for x in args.concurrency.split(",")]:
+            flags = {"classes": args.classes, "teacher.backend": "openai", "teacher.url": url, "teacher.model": model}
+            flags |= {"teacher.soft_labels": args.soft_labels, "teacher.concurrency": c}
+            teacher = build_teacher(load_config(overrides=flags))
+            teacher.label(frames[: min(n, 2 * c)])  # warm-up: connections, caches
+            start = time.perf_counter()
+            answers = teacher.label(frames)
+            seconds = time.perf_counter() - start
+            failed = sum(isinstance(a, TeacherFailure) for a in answers)
+            method = teacher.describe()["stats"]["soft_labels"]
+            rows.append(
+                {"concurrency": c, "frames": n, "frames_per_s": n / seconds, "failed": failed, "method": method}
+            )
+            teacher.close()
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait()
+    where = "the instant test server (client capacity)" if server else url
+    print(f"openai teacher against {where}, classes {args.classes}, {rows[0]['method']} soft labels")
+    print(f"{'concurrency':>11} {'frames':>7} {'frames/s':>10} {'ms/frame':>9} {'failed':>7}")
+    for r in rows:
+        ms = 1000 / r["frames_per_s"]
+        print(f"{r['concurrency']:>11} {r['frames']:>7} {r['frames_per_s']:>10.1f} {ms:>9.2f} {r['failed']:>7}")
+    out = args.json or ROOT / "bench" / "results" / "teacher-openai.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"server": "instant test server" if server else url, "model": model, "classes": args.classes.split(",")}
+    out.write_text(json.dumps({**meta, "rows": rows}, indent=2))
+    print(f"-> {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--openai", default=None, help="`test` (an instant test server) or a server's API base URL")
+    parser.add_argument("--model", default="colour-pg", help="--openai: the served model's name")
+    parser.add_argument("--soft-labels", default="auto", help="--openai: auto | prompt-logprobs | first-token | none")
+    parser.add_argument("--concurrency", default="1,4,16,64", help="--openai: concurrencies, comma-separated")
+    parser.add_argument("--classes", default="red,green,blue,yellow", help="--openai: the classes")
     parser.add_argument("--full-size", action="store_true", help="PaliGemma-3B-224 shapes in bf16 on CUDA")
     parser.add_argument("--batch-sizes", default=None, help="constrained batch sizes, comma-separated")
     parser.add_argument("--frames", type=int, default=None, help="frames per constrained measurement")
@@ -122,6 +184,9 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None, help="GPU bf16 peak, if not detected")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.openai:
+        openai_bench(args)
+        return
     if args.full_size and not torch.cuda.is_available():
         print("skipped: --full-size needs a CUDA GPU (none visible); run without it for the CPU bench")
         return

@@ -38,7 +38,7 @@ from distill.config import (
 
 # The registered teacher backends (`distill.label.teacher_backends()`, which a test keeps this equal to);
 # importing distill.label here would slow every `distill --help` down.
-TEACHERS = ("annotations", "paligemma")
+TEACHERS = ("annotations", "openai", "paligemma")
 DEFAULT_STUDENT = Path("runs/student/student.onnx")
 
 _SAMPLING, _TEACHER, _STUDENT = SamplingConfig(), TeacherConfig(), StudentConfig()
@@ -146,7 +146,46 @@ DeviceOpt = Annotated[
     typer.Option("--device", help="Teacher device: auto | cpu | cuda | cuda:N" + default(_TEACHER.device) + "."),
     Key("teacher.device"),
 ]
+TeacherUrlOpt = Annotated[
+    str | None,
+    typer.Option("--teacher-url", help="openai teacher: the server's API base, e.g. http://127.0.0.1:8000/v1."),
+    Key("teacher.url"),
+]
+SoftLabelsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--soft-labels",
+        help="openai teacher: auto | prompt-logprobs | first-token | none" + default(_TEACHER.soft_labels) + ".",
+    ),
+    Key("teacher.soft_labels"),
+]
+ConcurrencyOpt = Annotated[
+    int | None,
+    typer.Option("--concurrency", help="openai teacher: requests in flight" + default(_TEACHER.concurrency) + "."),
+    Key("teacher.concurrency"),
+]
+ApiKeyEnvOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key-env",
+        help="openai teacher: the environment variable holding the API key" + default(_TEACHER.api_key_env) + ".",
+    ),
+    Key("teacher.api_key_env"),
+]
+MaxRpsOpt = Annotated[
+    float | None,
+    typer.Option("--max-rps", help="openai teacher: at most this many requests started a second."),
+    Key("teacher.max_rps"),
+]
+TeacherTimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--teacher-timeout", help="openai teacher: seconds per request attempt" + default(_TEACHER.timeout_s) + "."
+    ),
+    Key("teacher.timeout_s"),
+]
 StudentOpt = Annotated[Path, typer.Option("--student", help="The exported student (.onnx).")]
+TruthOpt = Annotated[Path | None, typer.Option("--truth", help="Ground-truth segments CSV video,start_s,end_s,label.")]
 FpsOpt = Annotated[
     float | None,
     typer.Option("--fps", help="Frames sampled per second of video time" + default(_SAMPLING.fps) + "."),
@@ -163,6 +202,35 @@ MaxFramesOpt = Annotated[
     int | None,
     typer.Option("--max-frames", help="At most this many frames per video."),
     Key("sampling.max_frames_per_video"),
+]
+KeyframesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--keyframes", help="Keyframes only, at most --fps per second: fast, for slow-changing scenes (dedup-like)."
+    ),
+    Key("sampling.keyframes", _only_if_set),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option("--workers", min=1, help="Decode processes" + escape(" [default: cores - 1, at least 1].")),
+    Key("sampling.workers"),
+]
+ChunkSecondsOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--chunk-seconds",
+        help="Long videos are decoded in chunks of this much video time, in parallel; dedup works within one"
+        + default(_SAMPLING.chunk_s)
+        + ".",
+    ),
+    Key("sampling.chunk_s"),
+]
+DecodeDeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--decode-device", help="cpu | cuda (the GPU's video decoders, NVDEC)" + default(_SAMPLING.decode_device) + "."
+    ),
+    Key("sampling.decode_device"),
 ]
 
 # --- options of one command, with the field they set --------------------------------------------------------
@@ -264,4 +332,21 @@ HysteresisOpt = Annotated[
     float | None,
     typer.Option("--hysteresis", help="Margin a new label must win by" + default(_SERVE.hysteresis) + "."),
     Key("serve.hysteresis"),
+]
+HttpOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--http",
+        metavar="HOST:PORT",
+        help="Web view: live page, /api/events, /stream/N.mjpg, /metrics (127.0.0.1:8080; 0.0.0.0:8080 for others).",
+    ),
+    Key("serve.http"),
+]
+HttpTokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--http-token",
+        envvar="DISTILL_HTTP_TOKEN",
+        help="Every web request must carry it: Authorization: Bearer TOKEN, or open /?token=TOKEN once.",
+    ),
 ]

@@ -20,9 +20,13 @@ from rich.console import Console
 from distill._cli_options import (
     DEFAULT_STUDENT,
     AnnotationsOpt,
+    ApiKeyEnvOpt,
+    ChunkSecondsOpt,
     ClassesOpt,
     CompareTeacherOpt,
+    ConcurrencyOpt,
     ConfigOpt,
+    DecodeDeviceOpt,
     DedupOpt,
     DeviceOpt,
     EmaAlphaOpt,
@@ -30,28 +34,37 @@ from distill._cli_options import (
     EpochsOpt,
     FpsOpt,
     HoldOpt,
+    HttpOpt,
+    HttpTokenOpt,
     HysteresisOpt,
     InputSizeOpt,
     JpegSizeOpt,
+    KeyframesOpt,
     LabelTeacherOpt,
     LocalFilesOpt,
     MaxFramesOpt,
     MaxPerSecondOpt,
+    MaxRpsOpt,
     ModelOpt,
     ModeOpt,
     PretrainedOpt,
     QuestionOpt,
     ServeTeacherOpt,
     SmoothingOpt,
+    SoftLabelsOpt,
     SoftOpt,
     StartOpt,
     StudentOpt,
     TeacherBatchOpt,
     TeacherModelOpt,
+    TeacherTimeoutOpt,
+    TeacherUrlOpt,
     ThresholdOpt,
     TrainBatchOpt,
+    TruthOpt,
     VideosArg,
     WindowOpt,
+    WorkersOpt,
     overrides,
     task_config,
 )
@@ -60,7 +73,7 @@ from distill.errors import DistillError
 app = typer.Typer(
     name="distill",
     help="Turn hours of video into a fast frame classifier: a VLM teacher labels, a small student learns.\n\n"
-    "Workflow: sample -> label -> train -> serve -> compare.  Try `distill demo` first.",
+    "Workflow: sample -> label -> review -> train -> serve -> compare.  Try `distill demo` first.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -128,6 +141,10 @@ def sample(
     start: StartOpt = None,
     end: EndOpt = None,
     image_size: JpegSizeOpt = None,
+    keyframes: KeyframesOpt = False,
+    workers: WorkersOpt = None,
+    chunk_seconds: ChunkSecondsOpt = None,
+    decode_device: DecodeDeviceOpt = None,
 ) -> None:
     """Preview sampling: write the frames a labelling run would see (DIR/index.csv + JPEGs)."""
     from distill.sample import run_sample
@@ -138,6 +155,12 @@ def sample(
     out_console.print(
         f"sampled [bold]{s.videos}[/] video(s): [bold]{s.frames_kept}[/] frames kept, "
         f"{s.duplicates} near-duplicates skipped, {len(summary.failures)} failed -> {out / 'index.csv'}",
+        highlight=False,
+    )
+    out_console.print(
+        f"{summary.video_s / 3600:.2f} video-hours in {summary.seconds:.1f} s: "
+        f"{summary.video_hours_per_hour:.0f} video-hours per hour, {summary.workers} decode worker(s) "
+        f"busy {summary.decode_s:.1f} s",
         highlight=False,
     )
 
@@ -154,6 +177,10 @@ def serve(
     teacher: ServeTeacherOpt = None,
     question: QuestionOpt = None,
     teacher_model: TeacherModelOpt = None,
+    teacher_url: TeacherUrlOpt = None,
+    soft_labels: SoftLabelsOpt = None,
+    api_key_env: ApiKeyEnvOpt = None,
+    teacher_timeout: TeacherTimeoutOpt = None,
     annotations: AnnotationsOpt = None,
     threshold: ThresholdOpt = None,
     max_per_second: MaxPerSecondOpt = None,
@@ -167,6 +194,8 @@ def serve(
     hysteresis: HysteresisOpt = None,
     display: Annotated[bool, typer.Option("--display/--no-display", help="Show a window per source.")] = True,
     events: Annotated[str | None, typer.Option("--events", help="JSON-lines events file, `-` for stdout.")] = None,
+    http: HttpOpt = None,
+    http_token: HttpTokenOpt = None,
     max_seconds: Annotated[float | None, typer.Option("--max-seconds", help="Stop after S seconds.")] = None,
     fast: Annotated[bool, typer.Option("--fast", help="Play files as fast as possible, every frame.")] = False,
     threads: Annotated[
@@ -190,6 +219,7 @@ def serve(
     fallback = None
     if "teacher.backend" in flags:  # --teacher or --annotations; only then: a PaliGemma teacher imports torch
         cfg, fallback = build_fallback_teacher(cfg, runtime.meta, sources, question=question)
+    console = err_console if events == "-" else out_console
     summary = run_serve(
         sources,
         runtime,
@@ -200,8 +230,9 @@ def serve(
         max_seconds=max_seconds,
         fast=fast,
         hard_examples=hard_examples,
+        http_token=http_token,
+        on_http=lambda url: console.print(f"web view on {url}", highlight=False, markup=False, soft_wrap=True),
     )
-    console = err_console if events == "-" else out_console
     for line in summary.lines():
         console.print(line, highlight=False, markup=False, soft_wrap=True)
 
@@ -216,6 +247,10 @@ def label(
     fps: FpsOpt = None,
     dedup: DedupOpt = None,
     max_frames: MaxFramesOpt = None,
+    keyframes: KeyframesOpt = False,
+    workers: WorkersOpt = None,
+    chunk_seconds: ChunkSecondsOpt = None,
+    decode_device: DecodeDeviceOpt = None,
     teacher: LabelTeacherOpt = None,
     teacher_model: TeacherModelOpt = None,
     annotations: AnnotationsOpt = None,
@@ -223,6 +258,12 @@ def label(
     batch_size: TeacherBatchOpt = None,
     device: DeviceOpt = None,
     local_files_only: LocalFilesOpt = False,
+    teacher_url: TeacherUrlOpt = None,
+    soft_labels: SoftLabelsOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    api_key_env: ApiKeyEnvOpt = None,
+    max_rps: MaxRpsOpt = None,
+    teacher_timeout: TeacherTimeoutOpt = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Start afresh if OUT holds labels from other classes or teacher.")
     ] = False,
@@ -230,16 +271,30 @@ def label(
         int,
         typer.Option("--shard-rows", min=1, help="Frames per Parquet shard; a killed run redoes at most this many."),
     ] = 512,
+    preview: Annotated[
+        int | None,
+        typer.Option(
+            "--preview",
+            min=1,
+            help="Try the question first: label N frames spread over the videos, write no label set, "
+            "show them on a review page (OUT-preview/review.html).",
+        ),
+    ] = None,
 ) -> None:
     """Label sampled frames with a teacher (PaliGemma or an annotations CSV); a rerun resumes where it stopped."""
     from distill.label import run_label
 
     cfg = task_config(label, locals())
+    if preview is not None:
+        _label_preview(videos, out, cfg, preview)
+        return
     s = run_label(videos, out, cfg, overwrite=overwrite, show_progress=sys.stderr.isatty(), shard_rows=shard_rows)
     per_class = ", ".join(f"{name} {s.per_class.get(name, 0)}" for name in cfg.class_names)
     lines = [
         f"labelled [bold]{s.frames_labelled}[/] frames in {s.seconds:.1f} s ({s.frames_per_s:.1f} frames/s) -> {out}",
         f"label set: {s.total_frames} frames; {per_class}; unmatched {s.unmatched}",
+        f"{s.video_s / 3600:.2f} video-hours at {s.video_hours_per_hour:.0f} video-hours per hour; teacher busy "
+        f"{s.teacher_busy:.0%} of the time, {s.workers} decode worker(s) busy {s.decode_s:.1f} s: {s.bottleneck}",
     ]
     if s.frames_already_done or s.videos_already_done:
         lines.append(f"resumed: {s.frames_already_done} frames and {s.videos_already_done} videos already done")
@@ -247,8 +302,89 @@ def label(
         lines.append(f"skipped {s.skipped_uncovered} frames no annotation segment covers")
     if s.failures:
         lines.append(f"{len(s.failures)} video(s) failed: " + "; ".join(f"{f.name}: {f.reason}" for f in s.failures))
+    if s.frames_failed:
+        named = "; ".join(f"{v} frame {i}: {why}" for v, i, why in s.frames_failed[:3])
+        lines.append(f"{len(s.frames_failed)} frame(s) the teacher failed, not stored ({named}); rerun to label them")
     for line in lines:
         out_console.print(line, highlight=False, soft_wrap=True)
+
+
+def _label_preview(videos: list[str], out: Path, cfg: Any, n: int) -> None:
+    """`distill label --preview N`: the teacher on N frames, shown on a review page beside OUT (OUT untouched)."""
+    from distill.evaluate.review import frames_from_table, review_frames
+    from distill.label.preview import run_preview
+
+    p = run_preview(videos, cfg, n)
+    page_dir = out.parent / f"{out.name}-preview"
+    frames = frames_from_table(p.table, p.classes)
+    report = review_frames(frames, page_dir, source=", ".join(videos), title="distill label --preview")
+    per_class = ", ".join(f"{name} {k}" for name, k in report.summary["per_class"].items())
+    lines = [
+        f"previewed {len(frames)} frames in {p.calls} teacher call(s), {p.seconds:.1f} s: {per_class}; "
+        f"unmatched {report.summary['unmatched']}" + (f"; no answer for {p.skipped}" if p.skipped else ""),
+        f"no label set written; look at {report.files['review.html']}",
+    ]
+    for line in lines:
+        out_console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+@command
+def review(
+    labels: Annotated[Path, typer.Argument(help="The label set to review.")] = Path("runs/labels"),
+    student: Annotated[
+        Path | None,
+        typer.Option("--student", help="An exported student: cleanlab ranks suspects on its features."),
+    ] = None,
+    truth: TruthOpt = None,
+    apply: Annotated[
+        Path | None,
+        typer.Option("--apply", help="A review.csv with `corrected` filled in: store those labels in LABELS."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for review.html and review.csv.")] = Path(
+        "runs/review"
+    ),
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many suspects in review.csv.")] = 200,
+) -> None:
+    """Look at the teacher's labels: per-class frames, timelines, ranked suspects; --apply stores corrections."""
+    from distill.evaluate.review import apply_review, run_review
+
+    if apply is not None:
+        counts = apply_review(labels, apply)
+        out_console.print(
+            f"applied {counts['corrections']} correction(s) to {labels}: {counts['changed']} new or changed, "
+            f"{counts['unchanged']} already stored; `distill train` and `compare` now use them",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    report = run_review(
+        labels, out, student_path=student, truth_csv=truth, limit=limit, show_progress=sys.stderr.isatty()
+    )
+    _print_review(report)
+
+
+def _print_review(report: Any) -> None:
+    s = report.summary
+    per_class = ", ".join(f"{name} {n}" for name, n in s["per_class"].items())
+    how = "cleanlab on the student's features" if s["method"] == "cleanlab" else "confidence and flicker"
+    lines = [
+        f"{s['frames']} frames from {s['videos']} video(s): {per_class}; unmatched {s['unmatched']}; "
+        f"corrected {s['corrected']}",
+        f"{s['suspects']} suspects ranked by {how}",
+    ]
+    truth = s.get("truth")
+    if truth:
+        worst = min(truth["per_class"].items(), key=lambda kv: 2.0 if kv[1]["teacher"] is None else kv[1]["teacher"])
+        lines.append(
+            f"teacher vs truth on {truth['frames']} frames: accuracy {truth['teacher']:.3f}; "
+            f"lowest {worst[0]} {worst[1]['teacher']:.3f}"
+        )
+    lines.append(
+        f"review: {report.files['review.html']} (fill in `corrected` in {report.files['review.csv']}, "
+        "then `distill review LABELS --apply` it)"
+    )
+    for line in lines:
+        out_console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 @command
@@ -400,9 +536,7 @@ def compare(
         Path, typer.Argument(help="Label set to compare on: its held-out videos, or every frame with --all.")
     ] = Path("runs/labels"),
     student: StudentOpt = DEFAULT_STUDENT,
-    truth: Annotated[
-        Path | None, typer.Option("--truth", help="Ground-truth segments CSV video,start_s,end_s,label.")
-    ] = None,
+    truth: TruthOpt = None,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for report.html, report.md, metrics.json, plots.")
     ] = Path("runs/report"),
@@ -414,6 +548,10 @@ def compare(
     annotations: AnnotationsOpt = None,
     batch_size: TeacherBatchOpt = None,
     device: DeviceOpt = None,
+    teacher_url: TeacherUrlOpt = None,
+    soft_labels: SoftLabelsOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    api_key_env: ApiKeyEnvOpt = None,
     config: ConfigOpt = None,
     target: Annotated[
         float,
@@ -495,7 +633,7 @@ def demo(
         out_console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
 
 
-_WORKFLOW = ("demo", "sample", "label", "train", "export", "serve", "compare")
+_WORKFLOW = ("demo", "sample", "label", "review", "train", "export", "serve", "compare")
 app.registered_commands.sort(
     key=lambda c: _WORKFLOW.index(c.callback.__name__) if c.callback.__name__ in _WORKFLOW else len(_WORKFLOW)
 )  # `distill --help` lists the commands in the order a user runs them

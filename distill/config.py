@@ -58,7 +58,7 @@ class ClassSpec:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Which frames of a video are kept (see `distill.video.sample_frames`)."""
+    """Which frames of a video are kept (see `distill.decode`), and how decoding them is spread out."""
 
     fps: float = 1.0  # frames per second of media time
     max_frames_per_video: int | None = None
@@ -67,9 +67,16 @@ class SamplingConfig:
     dedup: bool = True  # skip frames nearly identical to the last kept one
     dedup_threshold: float = 0.05  # largest change of any cell of a 32x32 grey thumbnail, in [0, 1]
     image_size: int = 320  # short side of stored JPEGs (label sets, `distill sample`); 0 keeps the original
+    keyframes: bool = False  # keyframes only, at most `fps` per second: the fast mode for slow-changing scenes
+    chunk_s: float = 600.0  # a long video is decoded in chunks of this much media time, in parallel; dedup per chunk
+    workers: int | None = None  # decode processes (None: cores - 1, at least 1); never changes the frames
+    decode_device: str = "cpu"  # cpu | cuda (the GPU's video decoders); never changes the frames
 
     def __post_init__(self) -> None:
         _check(math.isfinite(self.fps) and self.fps > 0, f"fps must be > 0 (got {self.fps}); try --fps 1")
+        _check(self.chunk_s > 0, f"chunk_s must be > 0 seconds (got {self.chunk_s}); 600 suits most videos")
+        _check(self.workers is None or self.workers >= 1, f"workers must be >= 1 (got {self.workers}); try --workers 2")
+        _check(self.decode_device in {"cpu", "cuda"}, _choice_msg("decode device", self.decode_device, "cpu", "cuda"))
         _check(
             self.max_frames_per_video is None or self.max_frames_per_video > 0,
             "max_frames_per_video must be a positive integer or null",
@@ -81,6 +88,10 @@ class SamplingConfig:
         )
         _check(0 <= self.dedup_threshold < 1, "dedup_threshold must be in [0, 1); 0.05 suits most cameras")
         _check(self.image_size >= 0, "image_size must be >= 0 (0 keeps frames at their original size)")
+
+    def frames_key(self) -> dict[str, Any]:
+        """The settings that decide which frames are kept and how they are stored: all but workers and device."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("workers", "decode_device")}
 
 
 @dataclass(frozen=True)
@@ -96,9 +107,29 @@ class TeacherConfig:
     max_new_tokens: int = 10  # generate mode only
     local_files_only: bool = False
     annotations: str | None = None  # CSV of segments, annotations backend only
+    # openai backend (a VLM behind an OpenAI-compatible server; `model` is the served model's name)
+    url: str | None = None  # e.g. http://127.0.0.1:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the API key (never the key itself)
+    soft_labels: str = "auto"  # auto | prompt-logprobs | first-token | none
+    concurrency: int = 8  # requests in flight
+    timeout_s: float = 60.0  # per request attempt
+    retries: int = 4  # attempts after the first, with exponential backoff (429 waits for Retry-After)
+    max_rps: float | None = None  # requests started per second, at most
+    image_size: int | None = None  # short side frames are shrunk to before sending; None: as sampled
+    image_format: str = "png"  # png (exact pixels) | jpeg (smaller)
 
     def __post_init__(self) -> None:
         _check(bool(self.backend.strip()), "teacher backend is empty; pass --teacher paligemma or annotations")
+        soft = ("auto", "prompt-logprobs", "first-token", "none")
+        _check(self.soft_labels in soft, _choice_msg("teacher soft_labels", self.soft_labels, *soft))
+        _check(
+            self.image_format in {"png", "jpeg"}, _choice_msg("teacher image_format", self.image_format, "png", "jpeg")
+        )
+        _check(self.concurrency > 0, f"teacher concurrency must be > 0 (got {self.concurrency})")
+        _check(self.timeout_s > 0, f"teacher timeout_s must be > 0 (got {self.timeout_s})")
+        _check(self.retries >= 0, f"teacher retries must be >= 0 (got {self.retries})")
+        _check(self.max_rps is None or self.max_rps > 0, f"teacher max_rps must be > 0 or null (got {self.max_rps})")
+        _check(bool(self.api_key_env.strip()), "teacher api_key_env is empty; name a variable, e.g. OPENAI_API_KEY")
         _check(
             self.mode in {"constrained", "generate"}, _choice_msg("teacher mode", self.mode, "constrained", "generate")
         )
@@ -158,9 +189,12 @@ class ServeConfig:
     fallback_threshold: float = 0.0  # ask the teacher when smoothed confidence is below this (0: never)
     fallback_max_per_second: float = 1.0
     teacher_hold_s: float = 2.0  # how long a teacher answer overrides the student
+    http: str | None = None  # HOST:PORT of the web view (live page, events, metrics); None: no web view
 
     def __post_init__(self) -> None:
         _check(self.smoothing in {"ema", "vote"}, _choice_msg("smoothing", self.smoothing, "ema", "vote"))
+        if self.http is not None:
+            parse_http_address(self.http)
         _check(0 < self.ema_alpha <= 1, f"ema_alpha must be in (0, 1] (got {self.ema_alpha})")
         _check(self.window > 0, f"window must be > 0 (got {self.window})")
         _check(0 <= self.hysteresis < 1, f"hysteresis must be in [0, 1) (got {self.hysteresis})")
@@ -169,6 +203,30 @@ class ServeConfig:
         )
         _check(self.fallback_max_per_second > 0, "fallback_max_per_second must be > 0")
         _check(self.teacher_hold_s >= 0, "teacher_hold_s must be >= 0")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """The Ray engine (`engine: ray`): which cluster, and how much of it each stage takes."""
+
+    address: str | None = None  # None: start Ray on this machine; auto: the cluster here; ray://HOST:10001
+    teacher_actors: int | None = None  # teacher replicas (None: one per GPU of the cluster, else 1)
+    decode_cpus: int | None = None  # decode tasks at once, one CPU each (None: every CPU the teacher leaves)
+    max_retries: int = 3  # a task whose worker dies (or that raises) is run again up to this many times
+
+    def __post_init__(self) -> None:
+        _check(
+            self.teacher_actors is None or self.teacher_actors >= 1,
+            f"teacher_actors must be >= 1 (got {self.teacher_actors}); try --teacher-actors 1",
+        )
+        _check(
+            self.decode_cpus is None or self.decode_cpus >= 1,
+            f"decode_cpus must be >= 1 (got {self.decode_cpus}); try --decode-cpus 2",
+        )
+        _check(self.max_retries >= 0, f"ray max_retries must be >= 0 (got {self.max_retries})")
+
+
+ENGINES = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -182,9 +240,12 @@ class TaskConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    engine: str = "local"  # what runs `distill label`: local (this machine's processes) | ray (a Ray cluster)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
         _check(bool(self.question.strip()), "question is empty; give the teacher a question (--question)")
+        _check(self.engine in ENGINES, _choice_msg("engine", self.engine, *ENGINES))
         names = [c.name for c in self.classes]
         dupes = sorted({n for n in names if names.count(n) > 1})
         _check(not dupes, f"duplicate class names: {', '.join(dupes)}; every class needs its own name")
@@ -217,7 +278,25 @@ _SECTIONS: dict[str, type] = {
     "student": StudentConfig,
     "train": TrainConfig,
     "serve": ServeConfig,
+    "ray": RayConfig,
 }
+
+
+def parse_http_address(address: str | int) -> tuple[str, int]:
+    """`HOST:PORT`, `[IPv6]:PORT`, `:PORT` or `PORT` (host 127.0.0.1: only this machine) -> (host, port).
+
+    Example:
+        >>> parse_http_address("0.0.0.0:8080"), parse_http_address(":8080"), parse_http_address("[::1]:80")
+        (('0.0.0.0', 8080), ('127.0.0.1', 8080), ('::1', 80))
+    """
+    text = str(address).strip()
+    host, _, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]") or "127.0.0.1"
+    _check(
+        port.isdigit() and int(port) <= 65535 and (":" not in host or text.startswith("[")),
+        f"http address {text!r} is not HOST:PORT; try --http 127.0.0.1:8080 (0.0.0.0:8080 for other machines)",
+    )
+    return host, int(port)
 
 
 def _choice_msg(what: str, value: object, *choices: str) -> str:
@@ -300,7 +379,13 @@ def _coerce(cls: type, key: str, value: Any) -> Any:
     return value
 
 
-_OPTIONAL_NUMBERS = {"max_frames_per_video": int, "end_s": float}  # fields whose default is None
+_OPTIONAL_NUMBERS = {
+    "max_frames_per_video": int,
+    "end_s": float,
+    "workers": int,
+    "teacher_actors": int,
+    "decode_cpus": int,
+}  # fields whose default is None
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -366,6 +451,8 @@ def config_from_dict(data: Mapping[str, Any], where: str = "config") -> TaskConf
         kwargs["classes"] = parse_classes(data["classes"])
     if data.get("question") is not None:
         kwargs["question"] = str(data["question"])
+    if data.get("engine") is not None:
+        kwargs["engine"] = str(data["engine"]).strip().lower()
     for name, cls in _SECTIONS.items():
         kwargs[name] = _build_section(cls, data.get(name), f"{where}: {name}")
     return TaskConfig(**kwargs)

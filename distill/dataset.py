@@ -6,11 +6,15 @@ runs/labels/
   config.yaml            the resolved task config
   shard-00000.parquet    one row per frame (schema: `LABEL_SCHEMA`)
   shard-00001.parquet
+  corrections.parquet    a person's labels for some frames (`write_corrections`), if any
 ```
 
 A shard is written to a temporary file and renamed into place; only then is the manifest (itself written
 atomically) updated to list it. A killed writer therefore leaves whole shards only, and a rerun knows exactly
 which frames are done (`LabelSetWriter.done`). Files not listed in the manifest are ignored and cleaned up.
+
+Corrections (`distill review --apply`) are rows of a human teacher in their own file; the teacher's rows stay
+as they were, and `read_table` / `load_labels` return the corrected label where there is one.
 
 Example:
     >>> with LabelSetWriter("runs/labels", ["a", "b"], {"backend": "annotations"}) as w:  # doctest: +SKIP
@@ -46,6 +50,9 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "distill-labels/1"
 MANIFEST = "manifest.json"
+CORRECTIONS = "corrections.parquet"
+HUMAN = "human"  # the `teacher` of a person's correction rows
+_FIXED = ("label", "probs", "confidence", "teacher", "raw")  # the columns a correction replaces
 LABEL_SCHEMA = pa.schema(
     [
         pa.field("video", pa.string(), nullable=False),  # path relative to the input root
@@ -154,8 +161,8 @@ class LabelSetWriter:
             self.manifest = read_manifest(self.directory)
             self._check_compatible()
         else:
-            for old in self.directory.glob("shard-*.parquet"):
-                old.unlink()
+            for old in [*self.directory.glob("shard-*.parquet"), self.directory / CORRECTIONS]:
+                old.unlink(missing_ok=True)
             self.manifest = {
                 "format": FORMAT,
                 "classes": self.classes,
@@ -256,16 +263,26 @@ def shard_paths(directory: str | os.PathLike[str]) -> list[Path]:
     return paths
 
 
-def read_table(directory: str | os.PathLike[str], columns: Sequence[str] | None = None) -> pa.Table:
-    """All rows of a label set as one Arrow table (optionally only some columns)."""
+def read_table(
+    directory: str | os.PathLike[str], columns: Sequence[str] | None = None, *, corrected: bool = True
+) -> pa.Table:
+    """All rows of a label set as one Arrow table (optionally only some columns), in shard order.
+
+    With `corrected` (the default) a frame a person corrected (`write_corrections`) carries the correction in
+    `label`, `probs`, `confidence`, `teacher` and `raw`; `corrected=False` gives the teacher's own answers.
+    """
+    directory = Path(directory)
     paths = shard_paths(directory)
     if not paths:
         return LABEL_SCHEMA.empty_table() if columns is None else LABEL_SCHEMA.empty_table().select(list(columns))
-    return pa.concat_tables(pq.read_table(p, columns=list(columns) if columns else None) for p in paths)
+    table = pa.concat_tables(pq.read_table(p, columns=list(columns) if columns else None) for p in paths)
+    return _apply_corrections(directory, table, read_manifest(directory)) if corrected else table
 
 
 def load_labels(directory: str | os.PathLike[str]) -> datasets.Dataset:
     """Load a label set as a Hugging Face `datasets.Dataset`, with `image` as an image feature.
+
+    Frames a person corrected carry the corrected label (see `write_corrections`).
 
     Example:
         >>> ds = load_labels("runs/labels")  # doctest: +SKIP
@@ -278,6 +295,13 @@ def load_labels(directory: str | os.PathLike[str]) -> datasets.Dataset:
     if not paths:
         raise DatasetError(f"label set {directory} has no frames yet; run `distill label` to fill it")
     ds = datasets.load_dataset("parquet", data_files=[str(p) for p in paths], split="train")
+    if read_corrections(directory):  # replace the corrected columns, keeping the images memory-mapped
+        fixed = read_table(directory, columns=list(_FIXED))
+        names = ds.column_names
+        for name in _FIXED:
+            feature = ds.features[name]
+            ds = ds.remove_columns(name).add_column(name, fixed.column(name).to_pylist(), feature=feature)
+        ds = ds.select_columns(names)
     return ds.cast_column("image", datasets.Image())
 
 
@@ -294,3 +318,113 @@ def split_by_video(videos: Iterable[str], val_fraction: float = 0.2, seed: int =
     rng.shuffle(names)
     n_val = min(max(1, round(len(names) * val_fraction)), len(names) - 1)
     return sorted(names[n_val:]), sorted(names[:n_val])
+
+
+# --- corrections: a person's labels, stored beside the teacher's ------------------------------------------------
+
+
+def _corrections_table(directory: Path, manifest: Mapping[str, Any]) -> pa.Table | None:
+    entry = manifest.get("corrections")
+    if not entry:
+        return None
+    path = directory / entry["file"]
+    if not path.exists():
+        raise DatasetError(f"{directory}: {path.name} is listed but missing; apply your review.csv again")
+    return pq.read_table(path)
+
+
+def read_corrections(directory: str | os.PathLike[str]) -> dict[tuple[str, int], str]:
+    """A person's corrections stored in a label set: (video, frame_index) -> class name (empty if none)."""
+    directory = Path(directory)
+    table = _corrections_table(directory, read_manifest(directory))
+    if table is None:
+        return {}
+    keys = zip(table.column("video").to_pylist(), table.column("frame_index").to_pylist())
+    return {(v, int(f)): label for (v, f), label in zip(keys, table.column("label").to_pylist())}
+
+
+def write_corrections(directory: str | os.PathLike[str], corrections: Mapping[tuple[str, int], str]) -> int:
+    """Store a person's labels for some frames as rows of a human teacher (one-hot `probs`, confidence 1).
+
+    They go to `corrections.parquet` (listed in the manifest), merged with earlier corrections frame by frame
+    (the newer label wins); the teacher's rows stay as they are. From then on `read_table` and `load_labels`
+    return the corrected label. Storing the same corrections again changes nothing.
+
+    Returns:
+        how many frames got a new or different correction.
+
+    Raises:
+        DatasetError: a class that is not the set's, or a frame the set does not hold.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    classes = list(manifest["classes"])
+    for (video, index), label in corrections.items():
+        if label not in classes:
+            raise DatasetError(f"correction {label!r} for {video} frame {index} is not a class ({', '.join(classes)})")
+    earlier = read_corrections(directory)
+    new = {k: v for k, v in corrections.items() if earlier.get(k) != v}
+    if not new:
+        return 0
+    table = read_table(directory, columns=["video", "frame_index", "timestamp_s"], corrected=False)
+    where = {
+        k: i for i, k in enumerate(zip(table.column("video").to_pylist(), table.column("frame_index").to_pylist()))
+    }
+    missing = [k for k in new if k not in where]
+    if missing:
+        video, index = missing[0]
+        raise DatasetError(
+            f"{directory} holds no frame {index} of {video!r}; correct only frames the label set holds (review.csv)"
+        )
+    merged = {k: v for k, v in sorted((earlier | new).items()) if k in where}  # frames still in the set
+    images = _cells(directory, [where[k] for k in merged], "image")
+    rows = []
+    for (video, index), label in merged.items():
+        i = where[(video, index)]
+        one_hot = [1.0 if c == label else 0.0 for c in classes]
+        rows.append(label_row(video, index, table.column("timestamp_s")[i].as_py(), images[i], label, one_hot,
+                              teacher=HUMAN))  # fmt: skip
+    fixed = pa.Table.from_pylist(rows, schema=LABEL_SCHEMA)
+    write_atomic(directory / CORRECTIONS, lambda fh: pq.write_table(fixed, fh, compression="zstd"))
+    per_class = {c: 0 for c in classes}
+    for label in fixed.column("label").to_pylist():
+        per_class[label] += 1
+    manifest["corrections"] = {"file": CORRECTIONS, "rows": fixed.num_rows, "per_class": per_class}
+    write_atomic(directory / MANIFEST, json.dumps(manifest, indent=2).encode("utf-8"))
+    return len(new)
+
+
+def _cells(directory: Path, rows: Sequence[int], column: str) -> dict[int, Any]:
+    """One column's values at some row numbers (read_table order), reading only the shards that hold them."""
+    out: dict[int, Any] = {}
+    start = 0
+    for path in shard_paths(directory):
+        n = pq.ParquetFile(path).metadata.num_rows
+        wanted = [r for r in rows if start <= r < start + n]
+        if wanted:
+            values = pq.read_table(path, columns=[column]).column(column)
+            out.update({r: values[r - start].as_py() for r in wanted})
+        start += n
+    return out
+
+
+def _apply_corrections(directory: Path, table: pa.Table, manifest: Mapping[str, Any]) -> pa.Table:
+    """`table` (all rows of the set, in shard order) with corrected frames' label columns replaced."""
+    fixes = _corrections_table(directory, manifest)
+    if fixes is None or fixes.num_rows == 0 or not set(_FIXED) & set(table.column_names):
+        return table
+    keys = table if {"video", "frame_index"} <= set(table.column_names) else None
+    if keys is None:
+        keys = read_table(directory, columns=["video", "frame_index"], corrected=False)
+    pos = {k: i for i, k in enumerate(zip(fixes.column("video").to_pylist(), fixes.column("frame_index").to_pylist()))}
+    rows = [pos.get(k, -1) for k in zip(keys.column("video").to_pylist(), keys.column("frame_index").to_pylist())]
+    if max(rows, default=-1) < 0:
+        return table
+    for name in _FIXED:
+        if name not in table.column_names:
+            continue
+        old, new = table.column(name).to_pylist(), fixes.column(name).to_pylist()
+        values = [new[r] if r >= 0 else o for r, o in zip(rows, old)]
+        column = pa.array(values, type=LABEL_SCHEMA.field(name).type)
+        table = table.set_column(table.column_names.index(name), table.schema.field(name), column)
+    return table

@@ -2,12 +2,12 @@
 
 - `find_videos(inputs)`: files, folders (searched recursively) and globs -> `VideoFile`s with provenance
   (the path relative to the root the user gave); paths that are missing or not videos become `Failure`s.
-- `sample_frames(video, ...)`: frames by *media time* (`fps`, timestamps from the container), with
-  `max_frames`, `start_s`/`end_s` and near-duplicate suppression. Frames between samples are only grabbed
-  (demuxed and decoded by FFmpeg, never converted to BGR images), so sampling costs about what decoding does.
-- `open_source(spec)`: cameras (`0`), RTSP/HTTP URLs and files, for the real-time loop.
+- `Frame`, `SampleStats`, `thumbnail`/`thumbnail_change` (near-duplicate tests), `resize_short_side`,
+  `encode_jpeg`, `probe`, `write_video`: what sampling, labelling and serving share.
+- `open_source(spec)`: cameras (`0`), RTSP/HTTP URLs and files, for the real-time loop (OpenCV capture).
 
-This module does not label, store or display frames; `distill.dataset` stores them.
+This module does not sample video files (`distill.decode` does, decoding only the frames it keeps) and does not
+label, store or display frames; `distill.dataset` stores them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import glob
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +26,6 @@ os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from distill.config import SamplingConfig  # noqa: E402
 from distill.errors import VideoError  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -66,12 +65,18 @@ class Frame:
 
 @dataclass
 class SampleStats:
-    """Counts from `sample_frames`, updated as frames are produced."""
+    """Counts from sampling (`distill.decode`), updated as frames are produced."""
 
     videos: int = 0  # videos sampled without error
-    frames_read: int = 0  # frames grabbed from the container
+    frames_read: int = 0  # frames decoded
     frames_kept: int = 0
     duplicates: int = 0  # sampled but skipped as near-duplicates of the last kept frame
+
+    def add(self, other: SampleStats) -> None:
+        """Add `other`'s frame counts (videos are counted by whoever knows a whole video is done)."""
+        self.frames_read += other.frames_read
+        self.frames_kept += other.frames_kept
+        self.duplicates += other.duplicates
 
 
 @dataclass(frozen=True)
@@ -192,95 +197,6 @@ def thumbnail_change(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max())
 
 
-def sample_frames(
-    video: VideoFile | str | os.PathLike[str],
-    fps: float = 1.0,
-    *,
-    max_frames: int | None = None,
-    start_s: float = 0.0,
-    end_s: float | None = None,
-    dedup: bool = False,
-    dedup_threshold: float = 0.05,
-    stats: SampleStats | None = None,
-) -> Iterator[Frame]:
-    """Yield frames of one video at `fps` frames per second of media time.
-
-    A frame is sampled when its container timestamp reaches the next target time (`start_s`, then every
-    `1 / fps` seconds). With `dedup`, a sampled frame whose 32x32 grey thumbnail differs from the last *kept*
-    frame's by less than `dedup_threshold` in every cell (`thumbnail_change`, 0..1) is skipped, so a static
-    scene yields one frame and the first frame after a change, even a small one, is always kept.
-
-    Args:
-        video: a `VideoFile` (its `name` becomes `Frame.video`) or a path (its file name is used).
-        stats: optional counters, updated in place (useful for summaries while iterating).
-
-    Raises:
-        VideoError: the file cannot be opened, or no frame could be decoded.
-
-    Example:
-        >>> for frame in sample_frames("clip.mp4", fps=1):  # doctest: +SKIP
-        ...     print(frame.video, frame.frame_index, round(frame.timestamp_s, 2), frame.image.shape)
-    """
-    if fps <= 0:
-        raise VideoError(f"fps must be > 0 (got {fps})")
-    if not isinstance(video, VideoFile):
-        video = VideoFile(Path(video), Path(video).name)
-    stats = stats if stats is not None else SampleStats()
-    cap = _open_file(video.path)
-    try:
-        info = _info(cap)
-        yield from _sample(cap, info, video.name, fps, max_frames, start_s, end_s, dedup, dedup_threshold, stats)
-    finally:
-        cap.release()
-    if stats.frames_read == 0:
-        raise VideoError(f"{video.path.name}: no frame could be decoded (truncated or corrupt file)")
-
-
-def _sample(
-    cap: cv2.VideoCapture,
-    info: VideoInfo,
-    name: str,
-    fps: float,
-    max_frames: int | None,
-    start_s: float,
-    end_s: float | None,
-    dedup: bool,
-    dedup_threshold: float,
-    stats: SampleStats,
-) -> Iterator[Frame]:
-    step = 1.0 / fps
-    half_frame = 0.5 / info.fps if info.fps > 0 else 0.0
-    target = start_s
-    kept = 0
-    last_thumb: np.ndarray | None = None
-    index = -1
-    while max_frames is None or kept < max_frames:
-        if not cap.grab():
-            break
-        index += 1
-        stats.frames_read += 1
-        t = _timestamp(cap, index, info.fps)
-        if end_s is not None and t >= end_s:
-            break
-        if t + half_frame < target:  # not yet due: grabbed only, never converted to an image
-            continue
-        while target <= t + half_frame:
-            target += step
-        ok, image = cap.retrieve()
-        if not ok or image is None:
-            logger.debug("%s: frame %d could not be retrieved", name, index)
-            continue
-        if dedup:
-            thumb = thumbnail(image)
-            if last_thumb is not None and thumbnail_change(thumb, last_thumb) < dedup_threshold:
-                stats.duplicates += 1
-                continue
-            last_thumb = thumb
-        kept += 1
-        stats.frames_kept += 1
-        yield Frame(name, index, t, image)
-
-
 def _timestamp(cap: cv2.VideoCapture, index: int, fps: float) -> float:
     """Container time of the frame just grabbed; falls back to index / fps where the backend has none."""
     msec = cap.get(cv2.CAP_PROP_POS_MSEC)
@@ -375,53 +291,3 @@ def open_source(source: Source | str | int) -> cv2.VideoCapture:
         cap.release()
         raise VideoError(f"cannot open {source.kind} {source.display_name}; check that it exists and is reachable")
     return cap
-
-
-def sample_videos(
-    videos: Iterable[VideoFile],
-    sampling: SamplingConfig,
-    *,
-    stats: SampleStats | None = None,
-    failures: list[Failure] | None = None,
-    skip: Callable[[VideoFile], bool] | None = None,
-) -> Iterator[Frame]:
-    """Sample every video with one `SamplingConfig`; a video that fails is logged and recorded, never raised.
-
-    Args:
-        stats: counters over all videos, updated in place.
-        failures: videos that could not be read are appended here (one warning line each is also logged).
-        skip: videos for which this returns True are passed over (e.g. already finished in a resumed run).
-    """
-    stats = stats if stats is not None else SampleStats()
-    failures = failures if failures is not None else []
-    for video in videos:
-        if skip is not None and skip(video):
-            continue
-        before = stats.frames_read
-        try:
-            yield from sample_frames(
-                video,
-                sampling.fps,
-                max_frames=sampling.max_frames_per_video,
-                start_s=sampling.start_s,
-                end_s=sampling.end_s,
-                dedup=sampling.dedup,
-                dedup_threshold=sampling.dedup_threshold,
-                stats=stats,
-            )
-        except VideoError as exc:
-            reason = str(exc).removeprefix(f"{video.path.name}: ")
-            failures.append(Failure(video.name, reason))
-            logger.warning("skipping %s: %s", video.name, reason)
-        else:
-            stats.videos += 1
-            _warn_if_short(video, stats.frames_read - before, sampling)
-
-
-def _warn_if_short(video: VideoFile, frames_read: int, sampling: SamplingConfig) -> None:
-    """A file whose decoding stops well before its container's frame count is probably truncated."""
-    if sampling.end_s is not None or sampling.max_frames_per_video is not None:
-        return
-    expected = probe(video.path).frame_count
-    if expected > 10 and frames_read < 0.9 * expected:
-        logger.warning("%s: decoding stopped at frame %d of %d (truncated file?)", video.name, frames_read, expected)

@@ -9,9 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
+from distill.decode import sample_frames
 from distill.demo.scenes import STATES, SceneSpec, plan_segments, render_frames, render_scenario, state_at
 from distill.errors import ConfigError
-from distill.video import probe, sample_frames
+from distill.video import probe
 
 
 @pytest.mark.parametrize("seed", range(6))

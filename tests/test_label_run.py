@@ -1,14 +1,9 @@
-"""The labelling run (`distill label` / `run_label`): annotations teacher, resume after SIGKILL, refusal,
+"""The labelling run (`distill label` / `run_label`): annotations teacher, resume, refusal,
 CUDA out-of-memory halving, bounded memory, the CLI summary and its one-line errors."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,12 +14,12 @@ import pytest
 from conftest import moving_frames, solid_frames
 from typer.testing import CliRunner
 
+from distill import _decode_workers as workers_module
 from distill.cli import app
 from distill.config import load_config
 from distill.dataset import read_manifest, read_table
 from distill.errors import DatasetError, TeacherError
 from distill.label import TeacherAnswer, run_label
-from distill.label import _run as run_module
 from distill.label.annotations import read_segments
 from distill.video import write_video
 
@@ -42,8 +37,8 @@ def annotated_clip(root: Path) -> tuple[Path, Path]:
 
 def annotations_config(csv: Path, **overrides):
     flags = {"classes": "red,green,blue", "teacher.backend": "annotations", "teacher.annotations": str(csv)}
-    flags |= {"sampling.fps": 5, "sampling.dedup": False} | overrides
-    return load_config(overrides=flags)
+    flags |= {"sampling.fps": 5, "sampling.dedup": False, "sampling.workers": 1} | overrides
+    return load_config(overrides=flags)  # one decode thread: monkeypatched decoding reaches it
 
 
 def dominant(jpeg: bytes) -> str:
@@ -100,13 +95,13 @@ def test_rerun_skips_finished_videos_without_opening_them(tmp_path, monkeypatch)
     cfg = annotations_config(csv)
     first = run_label([videos], tmp_path / "labels", cfg)
     opened = []
-    real = run_module.sample_videos
+    real = workers_module.read_timeline
 
-    def recording(videos_, *args, **kwargs):
-        opened.extend(v.name for v in videos_)
-        return real(videos_, *args, **kwargs)
+    def recording(path, *args, **kwargs):
+        opened.append(Path(path).relative_to(videos).as_posix())
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(run_module, "sample_videos", recording)
+    monkeypatch.setattr(workers_module, "read_timeline", recording)
     second = run_label([videos], tmp_path / "labels", cfg)
     assert opened == [] and second.videos_already_done == 2 and second.frames_labelled == 0
     assert read_manifest(tmp_path / "labels")["run"]["frames_labelled"] == 25  # the first run's cost is kept
@@ -137,41 +132,6 @@ def test_a_teacher_that_fails_to_load_leaves_no_label_set(tmp_path):
     assert not (tmp_path / "labels" / "manifest.json").exists()
     csv.write_text(csv.read_text().replace("purple", "blue"))  # fixed: the same command now just works
     assert run_label([videos], tmp_path / "labels", annotations_config(csv)).frames_labelled == 25
-
-
-def _kill_command(videos: Path, csv: Path, out: Path) -> list[str]:
-    return [
-        *("label", str(videos), "--classes", "a,b", "--annotations", str(csv), "--fps", "25", "--no-dedup"),
-        *("--shard-rows", "8", "--out", str(out)),
-    ]
-
-
-def test_sigkill_then_same_command_equals_an_uninterrupted_run(tmp_path):
-    write_video(tmp_path / "videos" / "long.mp4", moving_frames(40.0, size=(48, 64)), 25)  # 1000 frames
-    csv = tmp_path / "segments.csv"
-    csv.write_text("video,start_s,end_s,label\nlong.mp4,0,20,a\nlong.mp4,20,41,b\n")
-    ref = runner.invoke(app, _kill_command(tmp_path / "videos", csv, tmp_path / "ref"))
-    assert ref.exit_code == 0, ref.output
-    command = [sys.executable, "-m", "distill.cli", *_kill_command(tmp_path / "videos", csv, tmp_path / "killed")]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    manifest = tmp_path / "killed" / "manifest.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if manifest.exists() and len(json.loads(manifest.read_text())["shards"]) >= 2:
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    partial = read_manifest(tmp_path / "killed")["counts"]["frames"]
-    assert 16 <= partial < 1000
-    subprocess.run(command, check=True, timeout=300, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    key = ("video", "frame_index")
-    got = sorted(read_table(tmp_path / "killed").to_pylist(), key=lambda r: (r["video"], r["frame_index"]))
-    want = sorted(read_table(tmp_path / "ref").to_pylist(), key=lambda r: (r["video"], r["frame_index"]))
-    assert len({tuple(r[k] for k in key) for r in got}) == len(got) == 1000  # no duplicate (video, frame_index)
-    assert got == want  # same rows, images and labels included
-    assert read_manifest(tmp_path / "killed")["counts"] == read_manifest(tmp_path / "ref")["counts"]
 
 
 # --- teachers injected into the run ---------------------------------------------------------------------------
@@ -220,6 +180,7 @@ def _clip(tmp_path: Path, seconds: float = 4.0) -> Path:
 def fake_config(batch_size: int):
     return load_config(
         overrides={"classes": "a,b", "teacher.batch_size": batch_size, "sampling.fps": 25, "sampling.dedup": False}
+        | {"sampling.workers": 1}  # one decode thread: monkeypatched decoding reaches it
     )
 
 
@@ -242,7 +203,7 @@ def test_out_of_memory_at_batch_one_is_a_one_line_error(tmp_path):
 
 def test_producer_stays_at_most_a_few_batches_ahead(tmp_path, monkeypatch):
     produced, consumed, ahead = [0], [0], []
-    real = run_module.sample_videos
+    real = workers_module.sample_chunk
 
     def counting(*args, **kwargs):
         for frame in real(*args, **kwargs):
@@ -254,9 +215,10 @@ def test_producer_stays_at_most_a_few_batches_ahead(tmp_path, monkeypatch):
         time.sleep(0.02)  # a slow teacher: the producer would run ahead if nothing held it back
         ahead.append(produced[0] - consumed[0])
 
-    monkeypatch.setattr(run_module, "sample_videos", counting)
+    monkeypatch.setattr(workers_module, "sample_chunk", counting)
     run_label([_clip(tmp_path, 8.0)], tmp_path / "labels", fake_config(4), teacher=FakeTeacher(on_call=on_call))
-    assert consumed[0] == 200 and max(ahead) <= 3 * 4 + 1  # 2 queued batches + 1 being filled (+1 frame)
+    # 2 queued batches + 1 being filled, the decode workers' bounded queue, and a frame in each hand
+    assert consumed[0] == 200 and max(ahead) <= 3 * 4 + workers_module._RESULTS + 2
 
 
 def test_a_failing_teacher_stops_the_run_keeps_finished_rows_and_the_thread(tmp_path):
@@ -272,7 +234,7 @@ def test_a_sampling_error_in_the_background_thread_surfaces(tmp_path, monkeypatc
         yield from ()
         raise MemoryError("decoder ran out of memory")
 
-    monkeypatch.setattr(run_module, "sample_videos", broken)
+    monkeypatch.setattr(workers_module, "sample_chunk", broken)
     with pytest.raises(MemoryError, match="decoder"):
         run_label([_clip(tmp_path, 1.0)], tmp_path / "labels", fake_config(4), teacher=FakeTeacher())
 

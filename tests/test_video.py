@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import moving_frames, solid_frames
 
-from distill.config import SamplingConfig
+from distill.decode import sample_frames
 from distill.errors import VideoError
 from distill.video import (
     Failure,
@@ -19,8 +19,6 @@ from distill.video import (
     parse_source,
     probe,
     resize_short_side,
-    sample_frames,
-    sample_videos,
 )
 
 
@@ -88,18 +86,6 @@ def test_find_videos_provenance_and_filtering(tmp_path: Path, make_clip) -> None
     # a file given directly is named by its file name; a glob matches files; duplicates are merged
     videos, failures = find_videos([root / "cam1" / "a.mp4", str(root / "*.MOV"), root])
     assert sorted(v.name for v in videos) == ["a.mp4", "b.MOV"]
-
-
-def test_sample_videos_continues_past_failures(tmp_path: Path, make_clip) -> None:
-    good = make_clip("good.mp4", seconds=3)
-    bad = tmp_path / "bad.mp4"
-    bad.write_text("this is not a video")
-    videos, failures = find_videos([bad, good])
-    stats = SampleStats()
-    frames = list(sample_videos(videos, SamplingConfig(fps=1, dedup=False), stats=stats, failures=failures))
-    assert {f.video for f in frames} == {"good.mp4"} and len(frames) == 3
-    assert stats.videos == 1
-    assert [f.name for f in failures] == ["bad.mp4"]
 
 
 def test_probe_and_errors(tmp_path: Path, make_clip) -> None:

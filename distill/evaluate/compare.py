@@ -312,7 +312,7 @@ def _run_teacher(cfg: Any, frames: _Frames, classes: list[str], show_progress: b
 
     Throughput is timed over batches of `cfg.teacher.batch_size`; latency over up to 5 single-frame calls.
     """
-    from distill.label import build_teacher
+    from distill.label import TeacherAnswer, build_teacher
 
     teacher = build_teacher(cfg)
     if sorted(teacher.classes) != sorted(classes):
@@ -337,6 +337,7 @@ def _run_teacher(cfg: Any, frames: _Frames, classes: list[str], show_progress: b
         t0 = time.perf_counter()
         ask([i])
         single.append(time.perf_counter() - t0)
+    answers = [a if isinstance(a, TeacherAnswer) else None for a in answers]  # no answer, or the teacher failed
     frames.teacher = [a.label if a is not None and a.label is not None else "" for a in answers]
     frames.teacher_confidence = np.asarray([a.confidence if a is not None else 0.0 for a in answers], np.float64)
     ok = [bool(label) for label in frames.teacher]

@@ -7,15 +7,16 @@
 - `run_label(inputs, out, cfg)`: the resumable, batched labelling run behind `distill label`.
 - `distill.label.annotations`: the `video,start_s,end_s,label` segments CSV (also ground truth for `compare`).
 
-Importing this package registers the backends (`_paligemma_teacher`, `_annotations_teacher`) but does not
-import torch or transformers; the PaliGemma teacher loads them when built.
+Importing this package registers the backends (`_paligemma_teacher`, `_annotations_teacher`, `_openai`) but
+does not import torch, transformers or httpx; each backend loads what it needs when built.
 """
 
-from distill.label import _annotations_teacher, _paligemma_teacher  # noqa: F401  (they register their backends)
+from distill.label import _annotations_teacher, _openai, _paligemma_teacher  # noqa: F401  (they register backends)
 from distill.label._run import LabelSummary, run_label
 from distill.label._teacher import (
     Teacher,
     TeacherAnswer,
+    TeacherFailure,
     build_prompt,
     build_teacher,
     describe_teacher,
@@ -30,6 +31,7 @@ __all__ = [
     "LabelSummary",
     "Teacher",
     "TeacherAnswer",
+    "TeacherFailure",
     "build_prompt",
     "build_teacher",
     "describe_teacher",

@@ -1,48 +1,46 @@
 """The labelling run behind `distill label`: sample -> teacher -> label set, batched and resumable.
 
-A background thread finds, decodes and samples the videos, encodes the stored JPEGs and prepares the teacher's
-inputs (`Frame`s, pre-shrunk to the teacher's `input_size`), handing whole batches over a bounded queue; the teacher
-runs on the calling thread, so the model never waits on video I/O and memory stays bounded (two batches in the
-queue plus at most one unsaved shard). `LabelSetWriter` stores rows a shard at a time; a rerun skips frames
-already stored and videos already finished, so a killed run resumes with nothing lost and nothing doubled.
-Running out of (GPU) memory halves the batch size and goes on.
+Decode workers (`distill._decode_workers`: processes, or one thread) decode only the frames sampling keeps and
+hand them over as JPEGs, pre-shrunk to the stored size and to the teacher's `input_size`; a background thread
+(`_feed.Producer`) turns them into batches of `Frame`s on a bounded queue; the teacher runs on the calling
+thread, so the model never waits on video I/O and memory stays bounded. This process alone owns the
+`LabelSetWriter`, which stores rows a shard at a time; a rerun skips finished videos, finished chunks and stored
+frames, so a killed run resumes with nothing lost and nothing doubled. Running out of (GPU) memory halves the
+batch size and goes on. The summary says where the time went: the teacher's busy share of the wall time, and
+the workers' decoding time.
 
-This module does not implement teachers (see `_teacher.py`) or the storage format (see `distill.dataset`).
+This module does not implement teachers (see `_teacher.py`), decode video (see `distill.decode`) or define the
+storage format (see `distill.dataset`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import queue
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distill._decode_workers import stop_on_sigterm
 from distill._progress import progress_bar
-from distill.config import SamplingConfig, TaskConfig, save_config
+from distill.config import TaskConfig, save_config
 from distill.dataset import MANIFEST, LabelSetWriter, label_row
+from distill.decode import check_decode_device
 from distill.errors import TeacherError, VideoError, is_out_of_memory, release_gpu_memory
-from distill.label._teacher import Teacher, TeacherAnswer, build_teacher, describe_teacher, teacher_tag
-from distill.video import (
-    Failure,
-    Frame,
-    SampleStats,
-    VideoFile,
-    encode_jpeg,
-    find_videos,
-    probe,
-    resize_short_side,
-    sample_videos,
+from distill.label._feed import END, Batch, Producer, Resume
+from distill.label._teacher import (
+    Teacher,
+    TeacherAnswer,
+    TeacherFailure,
+    build_teacher,
+    describe_teacher,
+    teacher_tag,
 )
+from distill.video import Failure, Frame, SampleStats, VideoFile, find_videos, probe
 
 logger = logging.getLogger(__name__)
-
-_END = object()
 
 
 @dataclass
@@ -55,6 +53,9 @@ class LabelSummary:
     frames_labelled: int = 0  # stored by this run
     frames_already_done: int = 0  # sampled again but stored by an earlier run
     skipped_uncovered: int = 0  # annotations teacher: no segment covers the frame
+    # (video, frame_index, reason): the teacher failed them this time (a server error); not stored, and their
+    # videos are not marked finished, so the next run of the same command labels them
+    frames_failed: list[tuple[str, int, str]] = field(default_factory=list)
     total_frames: int = 0  # in the label set
     per_class: dict[str, int] = field(default_factory=dict)
     unmatched: int = 0  # in the label set: answers that matched no class (generate mode)
@@ -62,101 +63,33 @@ class LabelSummary:
     stats: SampleStats = field(default_factory=SampleStats)
     seconds: float = 0.0  # labelling loop wall time (model loading excluded)
     batch_size: int = 0  # at the end (lower than asked if the teacher ran out of memory)
+    video_s: float = 0.0  # media time sampled by this run
+    teacher_s: float = 0.0  # wall time inside the teacher
+    decode_s: float = 0.0  # decode workers' time (decoding, converting, encoding), over all workers
+    workers: int = 0
 
     @property
     def frames_per_s(self) -> float:
         return self.frames_labelled / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def video_hours_per_hour(self) -> float:
+        return self.video_s / self.seconds if self.seconds > 0 else 0.0
 
-@dataclass
-class _Batch:
-    frames: list[Frame] = field(default_factory=list)  # what the teacher is given (pre-shrunk to its input size)
-    jpegs: list[bytes] = field(default_factory=list)  # what is stored, one per frame
-    videos_done: list[tuple[str, int]] = field(default_factory=list)  # (name, size) of videos complete with this batch
-    sampled: int = 0  # sampling positions passed since the previous batch (progress)
-    already_done: int = 0
+    @property
+    def teacher_busy(self) -> float:
+        """The teacher's share of the wall time: near 1, the teacher is the bottleneck; low, decoding is."""
+        return min(self.teacher_s / self.seconds, 1.0) if self.seconds > 0 else 0.0
 
-
-class _Producer:
-    """Background thread: videos -> prepared batches on a bounded queue; exceptions are forwarded to the queue."""
-
-    def __init__(
-        self,
-        videos: list[VideoFile],
-        cfg: TaskConfig,
-        done: frozenset,
-        finished: dict[str, int],
-        input_size: int | None,
-        batch_size: int,
-    ) -> None:
-        self.videos, self.sampling, self.done, self.finished = videos, cfg.sampling, done, finished
-        self.input_size = input_size
-        self.batch_size = batch_size  # lowered by the main thread after an out-of-memory error
-        self.queue: queue.Queue = queue.Queue(maxsize=2)
-        self.stop = threading.Event()
-        self.stats = SampleStats()
-        self.failures: list[Failure] = []
-        self.videos_already_done = 0
-        self._counted = 0
-        self.thread = threading.Thread(target=self._run, name="distill-label-producer", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self._produce()
-            self._put(_END)
-        except BaseException as exc:  # surfaced on the main thread
-            self._put(exc)
-
-    def _put(self, item: object) -> None:
-        while not self.stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def _send(self, batch: _Batch) -> None:
-        counted = self.stats.frames_kept + self.stats.duplicates
-        batch.sampled, self._counted = counted - self._counted, counted
-        self._put(batch)
-
-    def _produce(self) -> None:
-        batch = _Batch()
-        for video in self.videos:
-            size = _size(video.path)
-            if self.finished.get(video.name) == size:
-                self.videos_already_done += 1
-                continue
-            failed = len(self.failures)
-            for frame in sample_videos([video], self.sampling, stats=self.stats, failures=self.failures):
-                if self.stop.is_set():
-                    return
-                if (frame.video, frame.frame_index) in self.done:
-                    batch.already_done += 1
-                    continue
-                self._add(batch, frame)
-                if len(batch.frames) >= self.batch_size:
-                    self._send(batch)
-                    batch = _Batch()
-            if len(self.failures) == failed:
-                batch.videos_done.append((video.name, size))
-        self._send(batch)  # the rest (possibly empty: it still carries progress and finished videos)
-
-    def _add(self, batch: _Batch, frame: Frame) -> None:
-        batch.jpegs.append(encode_jpeg(resize_short_side(frame.image, self.sampling.image_size)))
-        if self.input_size:
-            frame = dataclasses.replace(frame, image=resize_short_side(frame.image, self.input_size))
-        batch.frames.append(frame)
+    @property
+    def bottleneck(self) -> str:
+        """Which side to scale, read off the teacher's busy share."""
+        if self.teacher_busy >= 0.8:
+            return "the teacher is the bottleneck (a larger --batch-size, a faster GPU)"
+        return "decoding is the bottleneck (more --workers, --decode-device cuda, or --keyframes)"
 
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return -1
-
-
-def _answer(teacher: Teacher, frames: list[Frame], producer: _Producer) -> list[TeacherAnswer | None]:
+def _answer(teacher: Teacher, frames: list[Frame], producer: Producer) -> list[TeacherAnswer | TeacherFailure | None]:
     """Ask the teacher; on running out of memory halve the batch (for this and later batches) and retry."""
     size = producer.batch_size
     if len(frames) > size:  # batched before an out-of-memory error lowered the size
@@ -180,26 +113,15 @@ def _answer(teacher: Teacher, frames: list[Frame], producer: _Producer) -> list[
     return answers
 
 
-def _expected_samples(videos: Sequence[VideoFile], sampling: SamplingConfig) -> int | None:
-    """Roughly how many frames sampling will visit (for the progress bar's ETA); None if unknown."""
-    total = 0
+def _video_seconds(videos: Sequence[VideoFile]) -> float | None:
+    """Media time of the videos (for the progress bar's ETA); None if unknown."""
+    total = 0.0
     for video in videos:
         try:
-            duration = probe(video.path).duration_s
+            total += probe(video.path).duration_s
         except VideoError:
             continue
-        span = max(0.0, min(duration, sampling.end_s or duration) - sampling.start_s)
-        n = int(span * sampling.fps) + 1 if span > 0 else 0
-        total += min(n, sampling.max_frames_per_video or n)
     return total or None
-
-
-def _finished_videos(writer: LabelSetWriter, sampling: SamplingConfig) -> dict[str, int]:
-    """Videos an earlier run finished with the same sampling settings: name -> file size when finished."""
-    state = writer.manifest.get("finished") or {}
-    if state.get("sampling") != dataclasses.asdict(sampling):
-        return {}
-    return {str(k): int(v) for k, v in (state.get("videos") or {}).items()}
 
 
 def run_label(
@@ -242,29 +164,29 @@ def run_label(
         raise VideoError(f"no video found in {', '.join(map(str, inputs))}{reason}; pass video files or folders")
     if root is None and len(inputs) == 1 and Path(inputs[0]).is_dir():
         root = inputs[0]  # CSV paths given with the folder (absolute or as typed) still match
+    check_decode_device(cfg.sampling.decode_device, videos[0].path)
     writer, teacher = _open(out, cfg, teacher, overwrite, shard_rows, root)
-    finished = _finished_videos(writer, cfg.sampling)
-    producer = _Producer(
-        videos,
-        cfg,
-        frozenset(writer.done),
-        finished,
-        input_size=teacher.input_size,
-        batch_size=cfg.teacher.batch_size,
+    resume = Resume(writer.manifest.get("finished"), cfg.sampling, videos)
+    producer = Producer(
+        videos, cfg.sampling, frozenset(writer.done), resume, teacher.input_size, cfg.teacher.batch_size
     )
     summary = LabelSummary(out=out, videos_found=len(videos), failures=list(failures), stats=producer.stats)
-    todo = [v for v in videos if finished.get(v.name) != _size(v.path)]
+    summary.workers = producer.pool.workers
+    bar_total = _video_seconds(producer.todo)
     start = time.perf_counter()
-    with writer, progress_bar("labelling", total=_expected_samples(todo, cfg.sampling), enabled=show_progress) as bar:
+    with (
+        stop_on_sigterm(),
+        writer,
+        progress_bar("labelling", total=bar_total, unit="video s", enabled=show_progress) as bar,
+    ):
         producer.thread.start()
         try:
-            pending = _loop(teacher, producer, writer, finished, summary, bar, tag=teacher_tag(teacher.describe()))
+            _loop(teacher, producer, writer, resume, summary, bar, tag=teacher_tag(teacher.describe()))
         finally:
             producer.stop.set()
             producer.thread.join(timeout=10)
-    finished.update(pending)  # the writer has flushed their last rows
     summary.seconds = time.perf_counter() - start
-    _finish(summary, producer, writer, finished)
+    _finish(summary, producer, writer, resume)
     if summary.stats.videos == 0 and summary.videos_already_done == 0:
         raise VideoError(f"no video could be sampled from {', '.join(map(str, inputs))}; see the warnings above")
     return summary
@@ -292,55 +214,78 @@ def _open(
     return writer, teacher
 
 
-def _finish(summary: LabelSummary, producer: _Producer, writer: LabelSetWriter, finished: dict[str, int]) -> None:
-    """Fill the summary from the producer and the manifest; record finished videos and run statistics."""
+def _finish(summary: LabelSummary, producer: Producer, writer: LabelSetWriter, resume: Resume) -> None:
+    """Fill the summary from the producer and the manifest; record what is finished and the run's statistics."""
     summary.failures += producer.failures
     summary.videos_already_done = producer.videos_already_done
     summary.batch_size = producer.batch_size
+    summary.decode_s = producer.decode_s
     counts = writer.manifest["counts"]
     summary.total_frames, summary.unmatched = counts["frames"], counts["unmatched"]
     summary.per_class = dict(counts["per_class"])
-    state = {"sampling": dataclasses.asdict(producer.sampling), "videos": finished}
     if summary.frames_labelled or "run" not in writer.manifest:  # a no-op rerun keeps the real run's cost
-        writer.update(finished=state, run=_run_record(summary))
+        writer.update(finished=resume.state(), run=_run_record(summary))
     else:
-        writer.update(finished=state)
+        writer.update(finished=resume.state())
 
 
 def _loop(
-    teacher: Teacher,
-    producer: _Producer,
-    writer: LabelSetWriter,
-    finished: dict[str, int],
-    summary: LabelSummary,
-    bar: Any,
-    tag: str,
-) -> dict[str, int]:
-    """Label batches until the producer ends; returns finished videos whose last rows are not yet in a shard."""
-    pending: dict[str, int] = {}
+    teacher: Teacher, producer: Producer, writer: LabelSetWriter, resume: Resume, summary: LabelSummary, bar, tag: str
+) -> None:
+    """Label batches until the producer ends. Finished chunks and videos are committed to `resume` (and the
+    manifest) once a shard holds their rows; those still pending at the end are committed by the caller's flush."""
+    pending = Batch()
     shards = len(writer.manifest["shards"])
+    start = time.perf_counter()
     while True:
         item = producer.queue.get()
-        if item is _END:
-            return pending
+        if item is END:
+            break
         if isinstance(item, BaseException):
             raise item
-        answers = _answer(teacher, item.frames, producer) if item.frames else []
-        for frame, jpeg, answer in zip(item.frames, item.jpegs, answers):
-            if answer is None:
-                summary.skipped_uncovered += 1
-                continue
-            where = (frame.video, frame.frame_index, frame.timestamp_s)
-            writer.add(label_row(*where, jpeg, answer.label, answer.probs, teacher=tag, raw=answer.raw))
-            summary.frames_labelled += 1
+        summary.teacher_s += _label(teacher, producer, writer, summary, item, tag)
         summary.frames_already_done += item.already_done
-        pending.update(item.videos_done)
+        summary.video_s += item.video_s
+        pending.chunks_done += item.chunks_done
+        pending.videos_done += item.videos_done
         if len(writer.manifest["shards"]) != shards:  # a shard was written: everything added so far is safe
             shards = len(writer.manifest["shards"])
-            finished.update(pending)
-            pending = {}
-            writer.update(finished={"sampling": dataclasses.asdict(producer.sampling), "videos": finished})
-        bar.advance(item.sampled)
+            _commit(resume, pending, summary)
+            pending = Batch()
+            writer.update(finished=resume.state())
+        bar.advance(item.video_s)
+        busy = summary.teacher_s / max(time.perf_counter() - start, 1e-9)
+        bar.update(description=f"labelling (teacher busy {min(busy, 1.0):.0%})")
+    writer.flush()
+    _commit(resume, pending, summary)
+
+
+def _commit(resume: Resume, pending: Batch, summary: LabelSummary) -> None:
+    """Record finished chunks and videos, except those of videos with a frame the teacher failed this run."""
+    failed = {video for video, _, _ in summary.frames_failed}
+    resume.commit(
+        [c for c in pending.chunks_done if c[0] not in failed], [v for v in pending.videos_done if v not in failed]
+    )
+
+
+def _label(
+    teacher: Teacher, producer: Producer, writer: LabelSetWriter, summary: LabelSummary, batch: Batch, tag: str
+) -> float:
+    """Ask the teacher about one batch and store the answers; returns the seconds the teacher took."""
+    start = time.perf_counter()
+    answers = _answer(teacher, batch.frames, producer) if batch.frames else []
+    took = time.perf_counter() - start
+    for frame, jpeg, answer in zip(batch.frames, batch.jpegs, answers):
+        if answer is None:
+            summary.skipped_uncovered += 1
+            continue
+        if isinstance(answer, TeacherFailure):
+            summary.frames_failed.append((frame.video, frame.frame_index, answer.reason))
+            continue
+        where = (frame.video, frame.frame_index, frame.timestamp_s)
+        writer.add(label_row(*where, jpeg, answer.label, answer.probs, teacher=tag, raw=answer.raw))
+        summary.frames_labelled += 1
+    return took
 
 
 def _run_record(summary: LabelSummary) -> dict[str, Any]:
@@ -349,8 +294,14 @@ def _run_record(summary: LabelSummary) -> dict[str, Any]:
         "frames_labelled": summary.frames_labelled,
         "frames_already_done": summary.frames_already_done,
         "skipped_uncovered": summary.skipped_uncovered,
+        "frames_failed": [f"{v}@{i}: {why}" for v, i, why in summary.frames_failed[:20]],
         "videos_failed": [f"{f.name}: {f.reason}" for f in summary.failures],
         "seconds": round(summary.seconds, 3),
         "frames_per_s": round(summary.frames_per_s, 3),
         "batch_size": summary.batch_size,
+        "video_s": round(summary.video_s, 3),
+        "video_hours_per_hour": round(summary.video_hours_per_hour, 3),
+        "teacher_busy": round(summary.teacher_busy, 3),
+        "decode_s": round(summary.decode_s, 3),
+        "workers": summary.workers,
     }

@@ -3,7 +3,9 @@
 A teacher takes a batch of `Frame`s (BGR pixels plus video, time and frame index) and answers, per frame, a
 label (a class name, or None where a free-text answer matched no class), a probability per class (config
 order, summing to 1) and the raw text it generated; or None for a frame it has no answer for (the annotations
-teacher, where no segment covers the frame). Labelling, compare and serve's fallback all call `label`.
+teacher, where no segment covers the frame); or a `TeacherFailure` for a frame it could not answer this time (a
+server that kept failing): that frame is not stored, and the next run asks again. Labelling, compare and
+serve's fallback all call `label`.
 
 Backends register under a name with `register_teacher(name, build=..., describe=...)`, in their own module
 (which imports its heavy libraries only when `build` runs); `distill.label` imports those modules, so every
@@ -49,6 +51,13 @@ class TeacherAnswer:
         return float(np.max(self.probs))
 
 
+@dataclass(frozen=True)
+class TeacherFailure:
+    """A frame the teacher could not answer this time (its server failed after retries); `reason` says why."""
+
+    reason: str
+
+
 @runtime_checkable
 class Teacher(Protocol):
     """What labelling, compare and the real-time fallback need from a teacher.
@@ -62,8 +71,9 @@ class Teacher(Protocol):
     classes: tuple[str, ...]
     input_size: int | None
 
-    def label(self, frames: Sequence[Frame]) -> list[TeacherAnswer | None]:
-        """One answer per frame, in order; None where the teacher has no answer for that frame."""
+    def label(self, frames: Sequence[Frame]) -> list[TeacherAnswer | TeacherFailure | None]:
+        """One answer per frame, in order; None where the teacher has no answer for that frame, a
+        `TeacherFailure` where it failed to get one this time."""
         ...
 
     def describe(self) -> dict[str, Any]:

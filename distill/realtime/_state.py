@@ -92,9 +92,11 @@ class LatencyHistogram:
 
     def __init__(self) -> None:
         self.counts = np.zeros(self.BINS + 1, np.int64)  # last bin: overflow (>= 10 s)
+        self.sum_s = 0.0  # of every latency added (Prometheus histograms report it)
 
     def add(self, seconds: float) -> None:
         self.counts[min(max(int(seconds / self.BIN_S), 0), self.BINS)] += 1
+        self.sum_s += seconds
 
     def snapshot(self) -> np.ndarray:
         return self.counts.copy()

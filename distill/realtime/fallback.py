@@ -16,14 +16,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from distill.errors import first_line, is_out_of_memory, release_gpu_memory
-from distill.label import Teacher, TeacherAnswer
+from distill.errors import TeacherError, first_line, is_out_of_memory, release_gpu_memory
+from distill.label import Teacher, TeacherAnswer, TeacherFailure
 from distill.realtime._state import Slot
 from distill.realtime.capture import CapturedFrame
 from distill.realtime.hard_examples import HardExamples
@@ -65,6 +65,7 @@ class FallbackStats:
     errors: int = 0
     paused: int = 0  # out-of-memory pauses
     last_error: str | None = None
+    asked_by_source: Counter[int] = field(default_factory=Counter)  # teacher calls per source number
     call_s: deque[float] = field(default_factory=lambda: deque(maxlen=50), repr=False)  # last call durations
 
 
@@ -127,6 +128,7 @@ class FallbackWorker:
         captured = request.frame
         frame = Frame(request.video, captured.index, request.timestamp_s, captured.image)
         self.stats.asked += 1
+        self.stats.asked_by_source[captured.source] += 1
         self.busy.set()
         start = time.monotonic()
         try:
@@ -159,6 +161,8 @@ class FallbackWorker:
         answers = self.teacher.label([frame])
         if len(answers) != 1:
             raise RuntimeError(f"the teacher returned {len(answers)} answers for one frame")
+        if isinstance(answers[0], TeacherFailure):  # its server failed: counted and logged like an exception
+            raise TeacherError(answers[0].reason)
         return answers[0]
 
     def _failed(self, exc: Exception) -> None:

@@ -60,6 +60,8 @@ class SourceState:
     classified: int = 0
     changes: int = 0
     last_label: str | None = None
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # capture to label, this source's frames
+    class_counts: list[int] = field(default_factory=list)  # frames per shown class (sized by the worker)
 
 
 class InferenceWorker:
@@ -158,7 +160,12 @@ class InferenceWorker:
         elif self.fallback is not None and confidence < self.threshold:
             t = frame.t - self.live_start if source.live else frame.t
             self.fallback.offer(Request(frame, source.video, t))
-        self.latency.add(time.monotonic() - frame.captured)
+        latency = time.monotonic() - frame.captured
+        self.latency.add(latency)
+        source.latency.add(latency)
+        if not source.class_counts:
+            source.class_counts.extend([0] * len(self.classes))
+        source.class_counts[index if by == "student" else self.classes.index(label)] += 1
         source.classified += 1
         self.classified += 1
         if label != source.last_label:

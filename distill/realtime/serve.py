@@ -2,13 +2,14 @@
 
 ```
 camera 0 ──capture──> [slot] ─┐                               ┌─> [shown slot] ─> window (main thread)
-video.mp4 ─capture──> [slot] ─┼─> inference (one batch) ──────┼─> events.jsonl
+video.mp4 ─capture──> [slot] ─┼─> inference (one batch) ──────┼─> events.jsonl, web view (its own thread)
 rtsp://…  ─capture──> [slot] ─┘        │ unsure  ^ verdict     └─> stats every few seconds
                                        v         │
                                   [slot] ─> fallback (teacher) ─> hard examples (label set)
 ```
 Every arrow between threads is a single-value slot (latest wins): nothing queues up. `q`, SIGINT, SIGTERM,
-`max_seconds`, or the end of every source stops all threads; they are joined within a second.
+`max_seconds`, or the end of every source stops all threads; they are joined within a second. The web view
+(`distill.realtime.web`, with `http`) only reads the shown slots and counters and stops after the others.
 
 `teacher_config` and `build_fallback_teacher` make the fallback teacher ask what labelling asked: the question
 and class texts the student recorded. `run_serve` itself does not load a teacher (the caller passes one), and
@@ -23,7 +24,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,12 +44,14 @@ from distill.realtime.summary import ServeSummary, SourceSummary
 from distill.video import Source, parse_source
 
 if TYPE_CHECKING:
+    from distill.realtime.web import WebView
     from distill.train.meta import StudentMeta
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HARD_EXAMPLES = Path("runs/hard-examples")
 JOIN_TIMEOUT_S = 0.9
+WEB_JOIN_MIN_S = 0.5  # the web thread ends 0.2-0.4 s after it is told (told last, so its streams see the end)
 # One ONNX Runtime thread: its pool spin-waits, and on a small CPU more threads take cores from decoding
 # (bench/serve.py: p95 capture-to-label latency 41-51 ms with ORT's default against 12-17 ms with one thread).
 STUDENT_THREADS = 1
@@ -66,6 +69,9 @@ def run_serve(
     fast: bool = False,
     hard_examples: str | os.PathLike[str] | None = DEFAULT_HARD_EXAMPLES,
     stats_every_s: float = 5.0,
+    http: str | None = None,
+    http_token: str | None = None,
+    on_http: Callable[[str], None] | None = None,
 ) -> ServeSummary:
     """Classify every frame of `sources` in real time until they end or the run is stopped.
 
@@ -81,9 +87,13 @@ def run_serve(
         fast: play files as fast as the student classifies them (every frame), not at their native rate.
         hard_examples: folder for teacher-labelled frames (a label set), or None to keep none.
         stats_every_s: seconds between stats lines in the events.
+        http: `HOST:PORT` of the web view (default `cfg.serve.http`; None: none); port 0 picks a free one.
+        http_token: every web request must carry it (never logged).
+        on_http: called with the web view's address once it listens.
 
     Raises:
-        ConfigError: no source given, teacher classes that differ from the student's, no display.
+        ConfigError: no source given, teacher classes that differ from the student's, no display, an http
+            address that cannot be bound.
         VideoError: no source could be opened.
 
     Example:
@@ -94,7 +104,10 @@ def run_serve(
         raise ConfigError("no source to serve; pass --camera N or --source FILE_OR_URL")
     student = _load_student(student)
     run = _Run(parsed, student, cfg, teacher=teacher, fast=fast, stats_every_s=stats_every_s)
-    run.open_outputs(display=display, events=events, hard_examples=hard_examples)
+    http = http if http is not None else cfg.serve.http
+    run.open_outputs(display=display, events=events, hard_examples=hard_examples, http=http, http_token=http_token)
+    if run.web is not None and on_http is not None:
+        on_http(run.web.url)
     try:
         run.start()
         with _signals_stop(run):
@@ -102,6 +115,8 @@ def run_serve(
     finally:
         run.shutdown()
     run.workers.raise_first()
+    if run.web is not None:
+        run.web.raise_error()
     summary = run.summary()
     if all(s.status == "failed" for s in summary.sources):
         details = "; ".join(f"{s.name}: {s.error}" for s in summary.sources)
@@ -238,8 +253,11 @@ class _Run:
         self.hard: HardExamples | None = None
         self.fallback: FallbackWorker | None = None
         self.inference: InferenceWorker | None = None
+        self.web: WebView | None = None
 
-    def open_outputs(self, *, display: bool, events: str | os.PathLike[str] | None, hard_examples: Any) -> None:
+    def open_outputs(
+        self, *, display: bool, events: str | os.PathLike[str] | None, hard_examples: Any, http: Any, http_token: Any
+    ) -> None:
         if display:
             self.display = DisplaySink([s.name for s in self.states])
         if self.teacher is not None and hard_examples is not None:
@@ -252,6 +270,10 @@ class _Run:
             )
         if events is not None:
             self.events = EventLog(events)
+        if http is not None:
+            from distill.realtime.web import WebView  # the web libraries load only when a web view is asked for
+
+            self.web = WebView(self, http, http_token)
 
     def start(self) -> None:
         serve = self.cfg.serve
@@ -283,6 +305,8 @@ class _Run:
         self._inference_thread = self.workers.start("inference", self.inference.run)
         if self.fallback is not None:
             self.workers.start("fallback", self.fallback.run)
+        if self.web is not None:
+            self.web.start()
 
     def captures_done(self) -> bool:
         return not any(t.is_alive() for t in self._capture_threads)
@@ -290,6 +314,8 @@ class _Run:
     def emit(self, record: dict[str, Any]) -> None:
         if self.events is not None:
             self.events.write(record)
+        if self.web is not None:
+            self.web.feed.publish(record)
 
     def loop(self, max_seconds: float | None) -> None:
         """The main thread: display, stats, timed flushes, and the stop conditions."""
@@ -320,14 +346,16 @@ class _Run:
         begin = self.end_mono = self.signalled_at or time.monotonic()  # a signal's stop counts from the signal
         self.stop.set()
         self.unjoined = self.workers.join(JOIN_TIMEOUT_S)
+        if self.inference is not None and (self.events is not None or self.web is not None):
+            self.emit(StatsClock(self).final())
+        if self.web is not None:  # last: its event streams end with the final stats line
+            self.unjoined += self.web.close(max(begin + JOIN_TIMEOUT_S - time.monotonic(), WEB_JOIN_MIN_S))
         self.shutdown_s = time.monotonic() - begin
         if self.unjoined:
             logger.warning("threads still busy after %.1f s: %s (abandoned)", JOIN_TIMEOUT_S, ", ".join(self.unjoined))
         if self.hard is not None:
             self.hard.close()
         if self.events is not None:
-            if self.inference is not None:
-                self.emit(StatsClock(self).final())
             self.events.close()
         if self.display is not None:
             self.display.close()

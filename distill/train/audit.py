@@ -65,6 +65,16 @@ def audit_labels(
     return report
 
 
+def flicker_window(video: np.ndarray, timestamp: np.ndarray) -> float:
+    """How close (seconds) consecutive frames of one video must be for a label change between them to count as
+    flicker: max(2 s, 1.5 x the median sampling step). `distill review` marks flicker with the same window."""
+    order = np.lexsort((timestamp, video))
+    same = video[order][1:] == video[order][:-1]
+    dt = np.diff(timestamp[order])
+    steps = dt[same & (dt > 0)]
+    return max(2.0, 1.5 * float(np.median(steps))) if len(steps) else 2.0
+
+
 def _flicker(rows: Rows, window_s: float | None) -> dict[str, Any]:
     """Label changes (and one-frame blips A, B, A) between close consecutive frames of each video."""
     keys = np.array([f"{s}\0{v}" for s, v in zip(rows.set_index, rows.video)], dtype=object)
@@ -73,9 +83,7 @@ def _flicker(rows: Rows, window_s: float | None) -> dict[str, Any]:
     key, t, lab = keys[mask][order], rows.timestamp[mask][order], rows.label[mask][order]
     same = key[1:] == key[:-1]
     dt = np.diff(t)
-    if window_s is None:
-        steps = dt[same & (dt > 0)]
-        window_s = max(2.0, 1.5 * float(np.median(steps))) if len(steps) else 2.0
+    window_s = flicker_window(key, t) if window_s is None else window_s
     close = same & (dt <= window_s)
     change = close & (lab[1:] != lab[:-1])
     blip = close[:-1] & close[1:] & (lab[:-2] == lab[2:]) & (lab[1:-1] != lab[:-2])

@@ -1,0 +1,206 @@
+"""Labelling speed in video-hours per hour: decoding only what sampling needs, on every core.
+
+Four generated H.264 clips (720p and 1080p, a keyframe every 1 s and every 2 s, 25 fps; FFmpeg's `testsrc2`
+encoded with imageio-ffmpeg's libx264 at camera-like bitrates), all figures in video seconds per wall second:
+
+- decode ceiling: `ffmpeg -threads 0 -an -i CLIP -f null -` over the same files (every frame, every core)
+- today: OpenCV grabbing every frame and converting the sampled ones (how `distill` sampled before)
+- `distill sample --fps 1` with 1 and N workers; `--fps 0.2` on the 1 s-keyframe clips against today's;
+  `--keyframes`
+- `distill label --fps 1` with the annotations teacher (N workers), and with the tiny random PaliGemma of the
+  tests (the teacher's busy share of the wall time: decoding outpaces this teacher, so it should stay busy)
+
+Goals: exact --fps 1 with N workers >= 0.85 x the ceiling; --fps 0.2 >= 3x today's; --keyframes >= 10x exact
+--fps 1; the tiny PaliGemma busy >= 90% of the wall time. Prints a table, writes bench/results/label.json.
+
+    python bench/label.py [--seconds 30] [--workers N] [--repeats 2] [--decode-device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # clip and tiny-teacher builders live with the test fixtures
+
+from _h264 import ffmpeg_exe, make_h264  # noqa: E402
+
+from distill.config import load_config  # noqa: E402
+from distill.label import run_label  # noqa: E402
+from distill.sample import run_sample  # noqa: E402
+
+CLIPS = {  # name: (size, keyframe interval s, bitrate)
+    "720p-gop1s": ((1280, 720), 1.0, "3M"),
+    "720p-gop2s": ((1280, 720), 2.0, "3M"),
+    "1080p-gop1s": ((1920, 1080), 1.0, "5M"),
+    "1080p-gop2s": ((1920, 1080), 2.0, "5M"),
+}
+
+
+def make_clips(folder: Path, seconds: float) -> dict[str, Path]:
+    """The four clips, kept in `folder` between runs (encoding them takes longer than the bench)."""
+    clips = {}
+    for name, (size, gop_s, bitrate) in CLIPS.items():
+        path = folder / f"{name}-{seconds:g}s.mp4"
+        if not path.exists():
+            make_h264(path.with_suffix(".tmp.mp4"), seconds, size=size, gop_s=gop_s, bitrate=bitrate)
+            path.with_suffix(".tmp.mp4").rename(path)
+        clips[name] = path
+    return clips
+
+
+def ceiling(paths: list[Path]) -> float:
+    start = time.perf_counter()
+    for path in paths:
+        command = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-threads", "0", "-an", "-i", str(path)]
+        subprocess.run([*command, "-f", "null", "-"], check=True)
+    return time.perf_counter() - start
+
+
+def today(paths: list[Path], fps: float) -> float:
+    """The sampler `distill` had before: OpenCV grabs every frame, converts the one nearest each target."""
+    start = time.perf_counter()
+    for path in paths:
+        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        half, target = 0.5 / cap.get(cv2.CAP_PROP_FPS), 0.0
+        while cap.grab():
+            t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            if t + half >= target:
+                while target <= t + half:
+                    target += 1.0 / fps
+                cap.retrieve()
+        cap.release()
+    return time.perf_counter() - start
+
+
+def sample(paths: list[Path], out: Path, **sampling) -> tuple[float, dict]:
+    flags = {f"sampling.{k}": v for k, v in sampling.items()} | {"sampling.dedup": False}
+    start = time.perf_counter()
+    summary = run_sample(paths, out, load_config(overrides=flags))
+    wall = time.perf_counter() - start
+    return wall, {"decoded": summary.stats.frames_read, "kept": summary.stats.frames_kept}
+
+
+def label(paths: list[Path], out: Path, teacher: dict, **sampling) -> tuple[float, dict]:
+    flags = {f"sampling.{k}": v for k, v in sampling.items()} | {"sampling.dedup": False} | teacher
+    start = time.perf_counter()
+    summary = run_label(paths, out, load_config(overrides=flags), overwrite=True)
+    wall = time.perf_counter() - start
+    stats = summary.stats
+    return wall, {"teacher_busy": summary.teacher_busy, "decoded": stats.frames_read, "kept": stats.frames_kept}
+
+
+def annotations(paths: list[Path], folder: Path, seconds: float) -> dict:
+    csv = folder / "segments.csv"
+    lines = [f"{p.name},0,{seconds / 2},a\n{p.name},{seconds / 2},{seconds + 1},b" for p in paths]
+    csv.write_text("video,start_s,end_s,label\n" + "\n".join(lines) + "\n")
+    return {"classes": "a,b", "teacher.backend": "annotations", "teacher.annotations": str(csv)}
+
+
+def tiny_paligemma(folder: Path) -> dict:
+    from _tiny_paligemma import tiny_paligemma_dir
+
+    model = tiny_paligemma_dir(folder)
+    return {
+        "classes": "idle,running,stopped",
+        "teacher.model": str(model),
+        "teacher.local_files_only": True,
+        "teacher.device": "cpu",
+        "teacher.batch_size": 16,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=30, help="length of each clip")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="N (default: every core)")
+    parser.add_argument("--repeats", type=int, default=2, help="best of this many runs of each row")
+    parser.add_argument("--decode-device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--clips", type=Path, default=Path(tempfile.gettempdir()) / "distill-bench-label")
+    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "label.json")
+    args = parser.parse_args()
+    clips = make_clips(args.clips, args.seconds)
+    paths = list(clips.values())
+    gop1 = [p for n, p in clips.items() if "gop1s" in n]
+    video_s = args.seconds * len(paths)
+    n, dev = args.workers, args.decode_device
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ann, tiny = annotations(paths, tmp, args.seconds), tiny_paligemma(tmp)
+        rows = {  # name: (video seconds, function returning wall seconds [and extras])
+            "decode ceiling (ffmpeg -threads 0, every frame)": (video_s, lambda: ceiling(paths)),
+            "today: OpenCV, --fps 1": (video_s, lambda: today(paths, 1.0)),
+            "sample --fps 1, workers 1": (video_s, lambda: sample(paths, tmp / "s", workers=1, decode_device=dev)),
+            f"sample --fps 1, workers {n}": (video_s, lambda: sample(paths, tmp / "s", workers=n, decode_device=dev)),
+            "today: OpenCV, --fps 0.2, 1 s keyframes": (video_s / 2, lambda: today(gop1, 0.2)),
+            "sample --fps 0.2, 1 s keyframes, workers 1": (
+                video_s / 2,
+                lambda: sample(gop1, tmp / "s", fps=0.2, workers=1, decode_device=dev),
+            ),
+            f"sample --keyframes, workers {n}": (
+                video_s,
+                lambda: sample(paths, tmp / "s", keyframes=True, workers=n, decode_device=dev),
+            ),
+            f"sample --fps 1 --start 0.5 (between keyframes), workers {n}": (
+                video_s - 0.5 * len(paths),
+                lambda: sample(paths, tmp / "s", start_s=0.5, workers=n, decode_device=dev),
+            ),
+            f"label --fps 1, annotations, workers {n}": (
+                video_s,
+                lambda: label(paths, tmp / "l", ann, workers=n, decode_device=dev),
+            ),
+            f"label --fps 2, tiny PaliGemma, workers {n}": (
+                video_s,
+                lambda: label(paths, tmp / "l", tiny, fps=2, workers=n, decode_device=dev),
+            ),
+        }
+        results: dict[str, dict] = {}
+        for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits every row alike
+            for name, (seconds, fn) in rows.items():
+                out = fn()
+                wall, extra = out if isinstance(out, tuple) else (out, {})
+                best = results.get(name)
+                if best is None or wall < best["wall_s"]:
+                    results[name] = {"video_s": seconds, "wall_s": round(wall, 3), **extra}
+    report(results, args, n)
+
+
+def report(results: dict[str, dict], args: argparse.Namespace, n: int) -> None:
+    for r in results.values():
+        r["video_s_per_s"] = round(r["video_s"] / r["wall_s"], 2)
+    rate = {k: r["video_s_per_s"] for k, r in results.items()}
+    names = list(results)
+    goals = {
+        f"exact --fps 1, {n} workers / ceiling (>= 0.85)": rate[names[3]] / rate[names[0]],
+        "--fps 0.2 / today's --fps 0.2 (>= 3)": rate[names[5]] / rate[names[4]],
+        f"--keyframes / exact --fps 1, {n} workers (>= 10)": rate[names[6]] / rate[names[3]],
+        "tiny PaliGemma teacher busy share (>= 0.90)": results[names[9]]["teacher_busy"],
+        "(--keyframes / exact --fps 1 --start 0.5, targets between keyframes)": rate[names[6]] / rate[names[7]],
+    }
+    print(f"\n{'':62} {'video s':>8} {'wall s':>8} {'video h / h':>12} {'decoded/kept':>13}")
+    for name, r in results.items():
+        frames = f"{r['decoded']}/{r['kept']}" if "decoded" in r else ""
+        extra = f"  teacher busy {r['teacher_busy']:.0%}" if "teacher_busy" in r else ""
+        print(f"{name:62} {r['video_s']:8.0f} {r['wall_s']:8.2f} {r['video_s_per_s']:12.1f} {frames:>13}{extra}")
+    print()
+    for name, value in goals.items():
+        print(f"{name:70} {value:6.2f}")
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "load_1min": os.getloadavg()[0]}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"rows": results, "goals": goals, "seconds": args.seconds, "workers": n, "machine": machine}
+    args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {args.json} (1-min load average {machine['load_1min']:.1f} on {machine['cpus']} cores)")
+
+
+if __name__ == "__main__":
+    main()

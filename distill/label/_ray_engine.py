@@ -1,0 +1,393 @@
+"""`distill label --engine ray`: the labelling run on a Ray cluster (or Ray started on this machine), same label set.
+
+```
+driver (this process)                          Ray cluster
+---------------------                          -----------
+find videos, open the label set  ---------->   probe: build the teacher once (its input size; fails fast)
+resume: what is finished          ---------->  plan tasks: video -> (video, time chunk) work items
+work items not yet finished       ---------->  Ray Data:  sample stage (tasks, one CPU each, --decode-cpus)
+                                                          chunk -> JPEG frames (stored + teacher's view)
+LabelSetWriter (one, here)  <-- rows stream <--           teacher stage (actor pool, --teacher-actors;
+  shards, manifest, resume                                one GPU per actor where the cluster has GPUs)
+```
+The stages do what the local engine's do (`_ray_stages.py`), so rows and probabilities equal a local run's. Only
+this process writes the label set, so the manifest stays consistent; it records a chunk as finished once a
+shard holds its rows (`_ray_ledger.py`), so a driver killed with SIGKILL loses at most one unwritten shard and
+the same command resumes. A task whose worker dies, or that raises, is run again up to `ray.max_retries` times
+(a teacher actor that dies is replaced), then its chunk is reported by name while the rest go on; a file FFmpeg
+cannot read is reported at once.
+
+This is the only module that imports Ray (an import-linter contract holds it); without Ray installed,
+`--engine ray` is a one-line error naming `pip install 'distill[ray]'`. It does not sample, label or store
+rows itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distill._decode_workers import stop_on_sigterm
+from distill._progress import ProgressBar, progress_bar
+from distill.config import TaskConfig, save_config
+from distill.dataset import MANIFEST, LabelSetWriter, label_row
+from distill.errors import ConfigError, TeacherError, VideoError, first_line
+from distill.label._feed import Resume
+from distill.label._ray_ledger import Ledger
+from distill.label._ray_stages import (
+    CHUNK,
+    ERROR,
+    FAILED,
+    RETRY,
+    UNCOVERED,
+    TeacherStage,
+    _rows,
+    describe_error,
+    plan_video,
+    probe_teacher,
+    sample_rows,
+    work_item,
+)
+from distill.label._run import LabelSummary, _run_record
+from distill.label._teacher import describe_teacher, teacher_tag
+from distill.video import VideoFile, find_videos
+
+logger = logging.getLogger(__name__)
+
+INSTALL = "pip install 'distill[ray]'"
+
+
+@dataclass
+class RayLabelSummary(LabelSummary):
+    """A `LabelSummary` plus what the Ray engine ran on."""
+
+    dashboard: str | None = None  # the Ray dashboard's address, when one is running
+    teacher_actors: int = 0
+    gpus_per_actor: int = 0
+
+    @property
+    def teacher_busy(self) -> float:
+        """The teacher actors' mean busy share of the wall time."""
+        if self.seconds <= 0 or not self.teacher_actors:
+            return 0.0
+        return min(self.teacher_s / (self.seconds * self.teacher_actors), 1.0)
+
+
+@dataclass(frozen=True)
+class _Resources:
+    teacher_actors: int
+    gpus_per_actor: int
+    decode_cpus: int
+
+
+def import_ray() -> Any:
+    """The `ray` module, or a one-line `ConfigError` naming the install command."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (Ray Data comes with ray[data] / ray[default])
+    except ImportError:
+        raise ConfigError(f"--engine ray needs Ray, which is not installed; run: {INSTALL}") from None
+    return ray
+
+
+def run_label_ray(
+    inputs: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    cfg: TaskConfig,
+    *,
+    overwrite: bool = False,
+    show_progress: bool = False,
+    shard_rows: int = 512,
+    root: str | os.PathLike[str] | None = None,
+) -> RayLabelSummary:
+    """Label every sampled frame of `inputs` into `out` on Ray: the same label set as `run_label`'s, resumable alike.
+
+    Ray is joined at `cfg.ray.address` (`auto`, `ray://host:10001`), started on this machine when that is None,
+    or used as it is when this process already called `ray.init`.
+
+    Raises:
+        ConfigError: Ray is not installed, or the cluster cannot be reached. VideoError, TeacherError,
+            DatasetError: as `run_label`.
+
+    Example:
+        >>> cfg = load_config("task.yaml", {"engine": "ray", "ray.address": "auto"})  # doctest: +SKIP
+        >>> run_label_ray(["/shared/videos"], "runs/labels", cfg).video_hours_per_hour  # doctest: +SKIP
+    """
+    cfg.require_classes()
+    ray = import_ray()
+    out = Path(out)
+    videos, failures = find_videos(inputs)
+    if not videos:
+        reason = f" ({failures[0].name}: {failures[0].reason})" if failures else ""
+        raise VideoError(f"no video found in {', '.join(map(str, inputs))}{reason}; pass video files or folders")
+    if root is None and len(inputs) == 1 and Path(inputs[0]).is_dir():
+        root = inputs[0]
+    root = None if root is None else str(root)
+    opts = {"config": cfg.to_dict(), "shard_rows": shard_rows, "overwrite": overwrite}
+    writer = None
+    if (out / MANIFEST).exists() and not overwrite:  # resume, or refuse at once (before starting anything)
+        writer = LabelSetWriter(out, cfg.class_names, describe_teacher(cfg), **opts)
+    resume = Resume(writer.manifest.get("finished") if writer else None, cfg.sampling, videos)
+    todo = [v for v in videos if not resume.video_done(v.name)]
+    summary = RayLabelSummary(out=out, videos_found=len(videos), failures=list(failures))
+    summary.videos_already_done = len(videos) - len(todo)
+    with _session(ray, cfg.ray.address) as dashboard, stop_on_sigterm():
+        summary.dashboard = dashboard
+        res = _resources(ray, cfg)
+        summary.teacher_actors, summary.gpus_per_actor = res.teacher_actors, res.gpus_per_actor
+        summary.workers, summary.batch_size = res.decode_cpus, cfg.teacher.batch_size
+        plans = _submit_plans(ray, todo, cfg)  # planning runs while the teacher is probed
+        input_size, description = _probe(ray, cfg, root, res)
+        if writer is None:  # only now: a teacher that fails to load leaves no label set behind
+            writer = LabelSetWriter(out, cfg.class_names, description, **opts)
+        save_config(cfg, out / "config.yaml")
+        ledger = Ledger()
+        start = time.perf_counter()
+        with writer, progress_bar("labelling", unit="video s", enabled=show_progress) as bar:
+            if dashboard:
+                bar.update(description=f"labelling (Ray dashboard {dashboard})")
+            items = _collect_plans(ray, plans, cfg, resume, writer.done, ledger, summary)
+            bar.update(total=ledger.total_s or None)
+            store = _Store(writer, resume, ledger, summary, bar, tag=teacher_tag(description))
+            if items:
+                store.consume(_pipeline(ray, items, cfg, root, res, input_size), description.get("backend", "?"))
+            store.close()
+        summary.seconds = time.perf_counter() - start
+    summary.failures += ledger.lost(cfg.ray.max_retries + 1)
+    _finish(summary, writer, resume, ledger, res)
+    if summary.stats.videos == 0 and summary.videos_already_done == 0:
+        raise VideoError(f"no video could be sampled from {', '.join(map(str, inputs))}; see the warnings above")
+    return summary
+
+
+@contextlib.contextmanager
+def _session(ray: Any, address: str | None) -> Iterator[str | None]:
+    """Join (or start) Ray for the run and leave it afterwards; yields the dashboard's address, if any."""
+    if ray.is_initialized():  # the caller's Ray: use it as it is, and leave it running
+        yield None
+        return
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
+    try:
+        context = ray.init(address=address, **quiet)
+    except Exception as exc:  # ConnectionError, RuntimeError, ValueError: all one line
+        where = f"the Ray cluster at {address}" if address else "Ray on this machine"
+        fix = "start one with `ray start --head`, or leave out --ray-address" if address else "see `ray start --help`"
+        raise ConfigError(f"cannot reach {where} ({first_line(exc)}); {fix}") from None
+    try:
+        url = getattr(context, "dashboard_url", None)
+        yield (url if url.startswith("http") else f"http://{url}") if url else None
+    finally:
+        ray.shutdown()
+
+
+def _resources(ray: Any, cfg: TaskConfig) -> _Resources:
+    """Teacher actors (one per GPU of the cluster, else one, unless set) and the decode tasks run at once."""
+    total = ray.cluster_resources()
+    cpus, gpus = int(total.get("CPU", 1)), int(total.get("GPU", 0))
+    use_gpus = gpus > 0 and cfg.teacher.device != "cpu"
+    actors = cfg.ray.teacher_actors or (gpus if use_gpus else 1)
+    decode = cfg.ray.decode_cpus or max(1, cpus - actors)  # each teacher actor holds one CPU
+    return _Resources(actors, 1 if use_gpus else 0, decode)
+
+
+def _submit_plans(ray: Any, videos: Sequence[VideoFile], cfg: TaskConfig) -> dict[Any, VideoFile]:
+    tries = cfg.ray.max_retries
+    remote = ray.remote(num_cpus=1, max_retries=tries, retry_exceptions=True)(plan_video)
+    return {remote.remote(video, cfg.sampling): video for video in videos}
+
+
+def _probe(ray: Any, cfg: TaskConfig, root: str | None, res: _Resources) -> tuple[int | None, dict[str, Any]]:
+    """Build the teacher once, where an actor would run: its input size (to pre-shrink frames to) and description."""
+    options = {"num_cpus": 1, "num_gpus": res.gpus_per_actor, "max_retries": cfg.ray.max_retries}
+    remote = ray.remote(max_calls=1, **options)(probe_teacher)  # its process exits after: no GPU memory kept
+    status, value = ray.get(remote.remote(cfg, root))
+    if status == "error":
+        raise TeacherError(describe_error(value, cfg.teacher.backend))
+    return value
+
+
+def _collect_plans(
+    ray: Any,
+    plans: dict[Any, VideoFile],
+    cfg: TaskConfig,
+    resume: Resume,
+    done: set[tuple[str, int]],
+    ledger: Ledger,
+    summary: RayLabelSummary,
+) -> list[bytes]:
+    """The plans as they come in -> the work items not yet finished (each with the frames already stored)."""
+    finished = resume.finished_chunks()
+    stored: dict[str, set[int]] = {}
+    for name, index in done:
+        stored.setdefault(name, set()).add(index)
+    items: list[bytes] = []
+    pending = dict(plans)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=min(len(pending), 64), timeout=1.0)
+        for ref in ready:
+            video = pending.pop(ref)
+            try:
+                status, value = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                status, value = "failed", f"planning failed {cfg.ray.max_retries + 1} times ({first_line(exc)})"
+            if status == "failed":
+                summary.failures.append(ledger.fail(video.name, value))
+                logger.warning("skipping %s: %s", video.name, value)
+                continue
+            chunks, duration, note = value
+            if note:
+                logger.warning("%s", note)
+            chunks = [c for c in chunks if c.number not in finished.get(video.name, set())]
+            mine = stored.get(video.name, set())
+            items += [work_item(c, frozenset(i for i, _, _ in c.frames if i in mine)) for c in chunks]
+            summary.video_s += ledger.plan(video.name, chunks, duration)
+    return items
+
+
+def _pipeline(ray: Any, items: list[bytes], cfg: TaskConfig, root: str | None, res: _Resources, input_size: int | None):
+    """The Ray Data pipeline over the work items: a sampling stage (tasks) into a teacher stage (actor pool)."""
+    from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
+
+    ctx = DataContext.get_current()
+    ctx.max_errored_blocks = -1  # a chunk that fails for good is dropped here and reported by the ledger
+    ctx.retried_map_errors, ctx.max_map_retries = True, cfg.ray.max_retries
+    ctx.enable_progress_bars = ctx.print_on_execution_start = False  # distill draws its own bar
+    tries = cfg.ray.max_retries
+    ds = ray.data.from_items([{"item": item} for item in items], override_num_blocks=len(items))
+    with warnings.catch_warnings():  # Ray Data >= 2.60 warns on task retry options, its only way to bound them
+        warnings.simplefilter("ignore")
+        ds = ds.map_batches(
+            sample_rows,
+            batch_size=1,  # one chunk per task: a failure costs (and names) one chunk
+            fn_kwargs={"sampling": cfg.sampling, "teacher_size": input_size},
+            compute=TaskPoolStrategy(size=res.decode_cpus),
+            num_cpus=1,
+            max_retries=tries,
+        )
+        return ds.map_batches(
+            TeacherStage,
+            batch_size=cfg.teacher.batch_size,
+            fn_constructor_kwargs={"cfg": cfg, "root": root},
+            compute=ActorPoolStrategy(size=res.teacher_actors),
+            num_cpus=1,
+            num_gpus=res.gpus_per_actor,
+            max_task_retries=tries,
+        )
+
+
+class _Store:
+    """The driver's end of the pipeline: rows -> the one `LabelSetWriter`; finished work -> `Resume`."""
+
+    def __init__(
+        self,
+        writer: LabelSetWriter,
+        resume: Resume,
+        ledger: Ledger,
+        summary: RayLabelSummary,
+        bar: ProgressBar,
+        tag: str,
+    ) -> None:
+        self.writer, self.resume, self.ledger, self.summary, self.bar, self.tag = (
+            writer,
+            resume,
+            ledger,
+            summary,
+            bar,
+            tag,
+        )
+        self.shards = len(writer.manifest["shards"])
+        self.start = time.perf_counter()
+
+    def consume(self, ds: Any, backend: str) -> None:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for row in _rows(batch):
+                kind = row["kind"]
+                if kind == ERROR:
+                    raise TeacherError(describe_error(row["info"], backend))
+                if kind == FAILED:
+                    self._failed(row["video"], row["info"])
+                elif kind == CHUNK:
+                    self._chunk(row)
+                else:
+                    self._frame(row)
+            busy = self.summary.teacher_s / max((time.perf_counter() - self.start) * self.summary.teacher_actors, 1e-9)
+            self.bar.update(description=f"labelling (teacher busy {min(busy, 1.0):.0%})")
+
+    def _failed(self, video: str, reason: str) -> None:
+        failure = self.ledger.fail(video, reason)
+        if failure is not None:
+            self.summary.failures.append(failure)
+            logger.warning("skipping %s: %s", video, reason)
+
+    def _chunk(self, row: dict[str, Any]) -> None:
+        info = json.loads(row["info"])
+        s = self.summary
+        s.stats.frames_read += info["frames_read"]
+        s.stats.frames_kept += info["frames_kept"]
+        s.stats.duplicates += info["duplicates"]
+        s.decode_s += info["decode_s"]
+        s.frames_already_done += info["skipped"]
+        self._advance(self.ledger.chunk_done(row["video"], int(row["chunk"]), info["frames"]))
+
+    def _frame(self, row: dict[str, Any]) -> None:
+        video, number, index = row["video"], int(row["chunk"]), int(row["frame_index"])
+        if not self.ledger.frame(video, number, index) or (video, index) in self.writer.done:
+            return  # sent twice (a task Ray ran again)
+        s = self.summary
+        s.teacher_s += float(row["teacher_s"])
+        if row["state"] == UNCOVERED:
+            s.skipped_uncovered += 1
+        elif row["state"] == RETRY:
+            s.frames_failed.append((video, index, str(row["info"])))
+        else:
+            jpeg, probs = bytes(row["jpeg"]), row["probs"]
+            where = (video, index, float(row["timestamp_s"]))
+            label, raw = _text(row["label"]), _text(row["raw"])
+            self.writer.add(label_row(*where, jpeg, label, probs, teacher=self.tag, raw=raw))
+            s.frames_labelled += 1
+            if len(self.writer.manifest["shards"]) != self.shards:  # a shard was written: all rows so far are safe
+                self.shards = len(self.writer.manifest["shards"])
+                self._commit()
+        self._advance(self.ledger.settle(video, number))
+
+    def _advance(self, seconds: float) -> None:
+        if seconds:
+            self.summary.video_s += seconds
+            self.bar.advance(seconds)
+
+    def _commit(self) -> None:
+        """Record the chunks and videos finished so far (all their rows are in shards by now)."""
+        failed = {video for video, _, _ in self.summary.frames_failed}
+        self.resume.commit(*self.ledger.take_finished(failed))
+        self.writer.update(finished=self.resume.state())
+
+    def close(self) -> None:
+        self.writer.flush()
+        failed = {video for video, _, _ in self.summary.frames_failed}
+        self.resume.commit(*self.ledger.take_finished(failed))
+
+
+def _text(value: Any) -> str | None:
+    """A text column's value: Arrow turns a column of None only into NaNs."""
+    return value if isinstance(value, str) else None
+
+
+def _finish(summary: RayLabelSummary, writer: LabelSetWriter, resume: Resume, ledger: Ledger, res: _Resources) -> None:
+    """Fill the summary from the manifest; record what is finished and the run's statistics."""
+    summary.stats.videos = ledger.videos_finished
+    counts = writer.manifest["counts"]
+    summary.total_frames, summary.unmatched = counts["frames"], counts["unmatched"]
+    summary.per_class = dict(counts["per_class"])
+    if summary.frames_labelled or "run" not in writer.manifest:  # a no-op rerun keeps the real run's cost
+        record = _run_record(summary) | {"engine": "ray", "teacher_actors": res.teacher_actors}
+        writer.update(finished=resume.state(), run=record)
+    else:
+        writer.update(finished=resume.state())
