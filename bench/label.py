@@ -159,9 +159,9 @@ def main() -> None:
                 video_s,
                 lambda: label(paths, tmp / "l", ann, workers=n, decode_device=dev),
             ),
-            f"label --fps 2, tiny PaliGemma, workers {n}": (
+            f"label --fps 1, tiny PaliGemma, workers {n}": (
                 video_s,
-                lambda: label(paths, tmp / "l", tiny, fps=2, workers=n, decode_device=dev),
+                lambda: label(paths, tmp / "l", tiny, workers=n, decode_device=dev),
             ),
         }
         results: dict[str, dict] = {}

@@ -206,7 +206,7 @@ MaxFramesOpt = Annotated[
 KeyframesOpt = Annotated[
     bool,
     typer.Option(
-        "--keyframes", help="Keyframes only, at most --fps per second: fast, for slow-changing scenes (dedup-like)."
+        "--keyframes", help="Keyframes only, at most --fps per second: the fast mode for slow-changing scenes."
     ),
     Key("sampling.keyframes", _only_if_set),
 ]
@@ -231,6 +231,43 @@ DecodeDeviceOpt = Annotated[
         "--decode-device", help="cpu | cuda (the GPU's video decoders, NVDEC)" + default(_SAMPLING.decode_device) + "."
     ),
     Key("sampling.decode_device"),
+]
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        help="local (this machine's processes) | ray (a Ray cluster, or Ray started here)"
+        + default(TaskConfig().engine)
+        + ".",
+    ),
+    Key("engine"),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="--engine ray: the cluster, auto (the one `ray start` runs here) or ray://HOST:10001"
+        + escape(" [default: start Ray on this machine]."),
+    ),
+    Key("ray.address"),
+]
+TeacherActorsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--teacher-actors",
+        min=1,
+        help="--engine ray: teacher replicas" + escape(" [default: one per GPU of the cluster, else 1]."),
+    ),
+    Key("ray.teacher_actors"),
+]
+DecodeCpusOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--decode-cpus",
+        min=1,
+        help="--engine ray: decode tasks at once, one CPU each" + escape(" [default: every CPU the teacher leaves]."),
+    ),
+    Key("ray.decode_cpus"),
 ]
 
 # --- options of one command, with the field they set --------------------------------------------------------

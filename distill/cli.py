@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from distill._cli_options import (
     DEFAULT_STUDENT,
@@ -26,11 +27,13 @@ from distill._cli_options import (
     CompareTeacherOpt,
     ConcurrencyOpt,
     ConfigOpt,
+    DecodeCpusOpt,
     DecodeDeviceOpt,
     DedupOpt,
     DeviceOpt,
     EmaAlphaOpt,
     EndOpt,
+    EngineOpt,
     EpochsOpt,
     FpsOpt,
     HoldOpt,
@@ -49,12 +52,14 @@ from distill._cli_options import (
     ModeOpt,
     PretrainedOpt,
     QuestionOpt,
+    RayAddressOpt,
     ServeTeacherOpt,
     SmoothingOpt,
     SoftLabelsOpt,
     SoftOpt,
     StartOpt,
     StudentOpt,
+    TeacherActorsOpt,
     TeacherBatchOpt,
     TeacherModelOpt,
     TeacherTimeoutOpt,
@@ -120,7 +125,7 @@ def command(func: F) -> F:
         except DistillError as exc:
             if _state["debug"]:
                 raise
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     app.command()(wrapper)
@@ -251,6 +256,10 @@ def label(
     workers: WorkersOpt = None,
     chunk_seconds: ChunkSecondsOpt = None,
     decode_device: DecodeDeviceOpt = None,
+    engine: EngineOpt = None,
+    ray_address: RayAddressOpt = None,
+    teacher_actors: TeacherActorsOpt = None,
+    decode_cpus: DecodeCpusOpt = None,
     teacher: LabelTeacherOpt = None,
     teacher_model: TeacherModelOpt = None,
     annotations: AnnotationsOpt = None,
@@ -288,7 +297,10 @@ def label(
     if preview is not None:
         _label_preview(videos, out, cfg, preview)
         return
-    s = run_label(videos, out, cfg, overwrite=overwrite, show_progress=sys.stderr.isatty(), shard_rows=shard_rows)
+    run = run_label
+    if cfg.engine == "ray":
+        from distill.label import run_label_ray as run
+    s = run(videos, out, cfg, overwrite=overwrite, show_progress=sys.stderr.isatty(), shard_rows=shard_rows)
     per_class = ", ".join(f"{name} {s.per_class.get(name, 0)}" for name in cfg.class_names)
     lines = [
         f"labelled [bold]{s.frames_labelled}[/] frames in {s.seconds:.1f} s ({s.frames_per_s:.1f} frames/s) -> {out}",
@@ -296,6 +308,8 @@ def label(
         f"{s.video_s / 3600:.2f} video-hours at {s.video_hours_per_hour:.0f} video-hours per hour; teacher busy "
         f"{s.teacher_busy:.0%} of the time, {s.workers} decode worker(s) busy {s.decode_s:.1f} s: {s.bottleneck}",
     ]
+    if cfg.engine == "ray":
+        lines.append(s.engine_line())
     if s.frames_already_done or s.videos_already_done:
         lines.append(f"resumed: {s.frames_already_done} frames and {s.videos_already_done} videos already done")
     if s.skipped_uncovered:

@@ -66,10 +66,10 @@ def _model(vocab: int, image_token: int):
     config = PaliGemmaConfig(
         vision_config={
             "model_type": "siglip_vision_model",
-            "hidden_size": 32,
-            "intermediate_size": 64,
+            "hidden_size": 64,
+            "intermediate_size": 128,
             "num_hidden_layers": 2,
-            "num_attention_heads": 2,
+            "num_attention_heads": 2,  # head_dim 32 here too
             "image_size": IMAGE_SIZE,
             "patch_size": PATCH_SIZE,
             "vision_use_head": False,

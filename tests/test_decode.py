@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from _h264 import make_h264
 from conftest import solid_frames
+from typer.testing import CliRunner
 
 from distill._decode_workers import ChunkDone, DecodePool, EncodedFrame, VideoDone
+from distill.cli import app
 from distill.config import SamplingConfig
 from distill.decode import plan_chunks, read_timeline, sample_chunk, sample_file
 from distill.errors import VideoError
@@ -154,6 +156,48 @@ def test_finished_chunks_are_not_decoded_and_done_frames_not_handed_over(clips) 
     assert frames == [50, 100, 125]  # chunk 0 (frames 0, 25) skipped; frame 75 decoded but not handed over
     assert [e.number for e in events if isinstance(e, ChunkDone)] == [1, 2]
     assert [e.seconds for e in events if isinstance(e, VideoDone)] == [pytest.approx(2.0)]  # chunk 0's time
+
+
+def test_sample_command_keyframes_and_workers(tmp_path, clips) -> None:
+    runner = CliRunner()
+    indexes = {}
+    for workers in ("1", "2"):
+        out = tmp_path / f"w{workers}"
+        args = ["sample", str(clips["h264-gop1s"]), str(clips["h264-gop2s-ntsc"]), "--keyframes", "--no-dedup"]
+        result = runner.invoke(app, [*args, "--workers", workers, "--chunk-seconds", "2", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert "video-hours per hour" in result.stdout
+        indexes[workers] = (out / "index.csv").read_text()
+    assert indexes["1"] == indexes["2"]
+    rows = [line.split(",")[:3] for line in indexes["1"].splitlines()[1:]]
+    assert [(v, int(i)) for v, i, _ in rows] == [("gop1.mp4", 25 * k) for k in range(6)] + [
+        ("gop2.mp4", 60 * k) for k in range(3)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--workers", "0"], "Invalid value for '--workers'"),
+        (["--chunk-seconds", "0"], "chunk_s must be > 0 seconds"),
+        (["--decode-device", "tpu"], "unknown decode device 'tpu'; choose one of: cpu, cuda"),
+    ],
+)
+def test_bad_decode_flags_are_one_line_errors(tmp_path, clips, flags: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["sample", str(clips["mpeg4"]), *flags, "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0 and message in result.output
+
+
+def test_decode_device_cuda_without_a_decoder_says_so_in_one_line(tmp_path, clips) -> None:
+    from av.codec.hwaccel import hwdevices_available
+
+    if "cuda" in hwdevices_available() and Path("/dev/nvidia0").exists():
+        pytest.skip("this machine may have an NVIDIA video decoder")
+    result = CliRunner().invoke(app, ["sample", str(clips["mpeg4"]), "--decode-device", "cuda", "--out", str(tmp_path)])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1
+    assert lines[0].startswith("error: --decode-device cuda: no NVIDIA video decoder is usable here (")
+    assert lines[0].endswith("use --decode-device cpu")
 
 
 @pytest.mark.gpu

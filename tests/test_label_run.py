@@ -289,7 +289,7 @@ def _bad_inputs(tmp_path: Path, tiny: Path) -> dict[str, tuple[list[str], str]]:
     return {
         "unknown teacher": (
             [*base, "--teacher", "gpt4"],
-            "unknown teacher backend 'gpt4'; choose one of: annotations, paligemma",
+            "unknown teacher backend 'gpt4'; choose one of: annotations, openai, paligemma",
         ),
         "missing model folder": ([*base, "--teacher-model", str(tmp_path / "no" / "model")], "--teacher-model"),
         "class tokenises to nothing": ([*base[:2], "cat,☃", *base[3:], *model], "tokenises to nothing"),

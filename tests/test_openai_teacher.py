@@ -354,3 +354,22 @@ def test_label_through_a_real_vllm_server(vllm_server, tmp_path, monkeypatch):
     assert all(label in NAMES for label in [*a["label"], *r["label"]])
     assert right >= 0.95 and agree >= 0.95 and gap <= 0.03
     assert real_gap <= 1e-3
+
+
+def test_serve_asks_the_server_on_the_fallback_thread_and_survives_its_faults(tmp_path):
+    from test_serve_fixtures import colour_clip, make_student
+
+    student = make_student(tmp_path / "student.onnx")  # classes red, green, blue
+    clip = colour_clip(tmp_path / "rb.mp4", ["red", "blue"], seconds_each=1.0)
+    hard = tmp_path / "hard"
+    args = ["serve", "--source", str(clip), "--student", str(student), "--no-display"]  # at native rate: 2 s
+    args += ["--fallback-threshold", "1.0", "--fallback-max-per-second", "50", "--hard-examples", str(hard)]
+    with FakeServer() as server:
+        args += ["--teacher", "openai", "--teacher-url", server.url, "--teacher-model", "toy-vlm"]
+        server.faults, server.faults_after = ["500"] * 3, 4  # after the start-up probe (one answer, 3 classes)
+        result = CliRunner().invoke(app, [*args, "--teacher-timeout", "1"])
+    assert result.exit_code == 0, result.output
+    assert len(server.faults_served) == 3  # retried on the fallback thread while the student went on
+    rows = load_labels(hard)
+    assert len(rows) >= 1 and all(t.startswith("openai:toy-vlm:") for t in rows["teacher"])
+    assert json.loads((hard / "manifest.json").read_text())["teacher"]["url"] == server.url

@@ -85,7 +85,7 @@ def test_an_unknown_backend_lists_the_registered_ones(call):
         call(cfg)
     message = str(info.value)
     assert message == f"unknown teacher backend 'gpt4'; choose one of: {', '.join(teacher_backends())}"
-    assert "annotations, paligemma" in message
+    assert "annotations, openai, paligemma" in message
 
 
 def test_importing_the_label_and_realtime_packages_imports_no_torch():

@@ -116,6 +116,5 @@ def test_page_follows_the_label_and_sigint_stops_everything(tmp_path: Path, brow
     assert "stopped by signal; all threads joined in" in out, out + err
     joined_s = float(out.split("all threads joined in ")[1].split(" s")[0])
     assert joined_s < 1.0
-    print(f"TIMING exit {exited:.3f} joined {joined_s:.3f}")
     assert exited < 2.5, f"the process took {exited:.2f} s to exit after SIGINT"  # generous: a loaded machine
     assert TOKEN not in out + err  # the token is never printed or logged

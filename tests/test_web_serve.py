@@ -17,8 +17,10 @@ from test_serve_fixtures import colour_clip, make_student
 
 pytest.importorskip("uvicorn")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
 
-from distill.config import load_config  # noqa: E402
+from distill.cli import app  # noqa: E402
+from distill.config import load_config, parse_http_address  # noqa: E402
 from distill.errors import ConfigError  # noqa: E402
 from distill.export import Student  # noqa: E402
 from distill.realtime import run_serve  # noqa: E402
@@ -117,3 +119,22 @@ def test_http_address_that_cannot_be_bound_is_a_config_error(tmp_path: Path) -> 
     clip = colour_clip(tmp_path / "r.mp4", ["red"], seconds_each=0.2)
     with pytest.raises(ConfigError, match="cannot listen on 203.0.113.7:80"):
         run_serve([clip], student, load_config(), http="203.0.113.7:80", hard_examples=None)
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [("127.0.0.1:8080", ("127.0.0.1", 8080)), (":8080", ("127.0.0.1", 8080)), ("8080", ("127.0.0.1", 8080)),
+     ("0.0.0.0:0", ("0.0.0.0", 0)), ("[::1]:9000", ("::1", 9000)), ("cam-box.local:80", ("cam-box.local", 80))],
+)  # fmt: skip
+def test_http_addresses(address: str, expected: tuple[str, int]) -> None:
+    assert parse_http_address(address) == expected
+    assert load_config(overrides={"serve.http": address}).serve.http == address
+
+
+@pytest.mark.parametrize("address", ["web", "host:", "::1:80", "1.2.3.4:99999", "host:http"])
+def test_bad_http_address_is_one_line_that_names_the_fix(tmp_path: Path, address: str) -> None:
+    with pytest.raises(ConfigError, match="is not HOST:PORT; try --http 127.0.0.1:8080"):
+        parse_http_address(address)
+    args = ["serve", "--source", "x.mp4", "--no-display", "--student", str(tmp_path / "s.onnx"), "--http", address]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "is not HOST:PORT" in result.output and "Traceback" not in result.output

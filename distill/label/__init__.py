@@ -5,6 +5,7 @@
   `teacher.input_size`, `teacher.describe()`. `teacher_backends()` lists the registered names;
   `register_teacher(name, build=..., describe=...)` adds one.
 - `run_label(inputs, out, cfg)`: the resumable, batched labelling run behind `distill label`.
+- `run_label_ray(inputs, out, cfg)`: the same run on a Ray cluster (`--engine ray`; needs `distill[ray]`).
 - `distill.label.annotations`: the `video,start_s,end_s,label` segments CSV (also ground truth for `compare`).
 
 Importing this package registers the backends (`_paligemma_teacher`, `_annotations_teacher`, `_openai`) but
@@ -12,6 +13,7 @@ does not import torch, transformers or httpx; each backend loads what it needs w
 """
 
 from distill.label import _annotations_teacher, _openai, _paligemma_teacher  # noqa: F401  (they register backends)
+from distill.label._ray_engine import RayLabelSummary, run_label_ray
 from distill.label._run import LabelSummary, run_label
 from distill.label._teacher import (
     Teacher,
@@ -29,6 +31,7 @@ from distill.label._teacher import (
 
 __all__ = [
     "LabelSummary",
+    "RayLabelSummary",
     "Teacher",
     "TeacherAnswer",
     "TeacherFailure",
@@ -39,6 +42,7 @@ __all__ = [
     "normalize_answer",
     "register_teacher",
     "run_label",
+    "run_label_ray",
     "teacher_backends",
     "teacher_tag",
 ]

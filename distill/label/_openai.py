@@ -227,6 +227,7 @@ class OpenAITeacher:
         if not frames:
             return []
         urls = [self._image_url(f) for f in frames]
+        approximate = self.approximate
         if self.plan.method == "prompt-logprobs":
             answers = self._label_prompt_logprobs(urls)
         else:
@@ -234,6 +235,13 @@ class OpenAITeacher:
         for frame, answer in zip(frames, answers):
             if isinstance(answer, RequestFailed):
                 self.failures.append((frame.video, frame.frame_index, str(answer)))
+        if approximate == 0 < self.approximate:
+            logger.warning(
+                "%s soft labels are approximate for some frames (a class, or the end of an answer, outside the "
+                "server's top %d, or classes sharing a first token); the teacher counts them",
+                self.plan.method,
+                TOP_K,
+            )
         return [TeacherFailure(str(a)) if isinstance(a, RequestFailed) else a for a in answers]
 
     def _label_prompt_logprobs(self, urls: list[str]) -> list[TeacherAnswer | RequestFailed]:
@@ -255,9 +263,9 @@ class OpenAITeacher:
                 answers.append(failed)
                 continue
             slot_lp = np.zeros(trie.num_nodes * width + 1, np.float64)  # (N * A + 1,) last: padding
-            for j, (lps, end_lp, exact) in enumerate(per_class):
+            for j, (lps, end_lp, _) in enumerate(per_class):
                 slot_lp[trie.class_slots[j, : len(lps) + 1]] = [*lps, end_lp]
-                self.approximate += not exact
+            self.approximate += not all(exact for _, _, exact in per_class)
             slot_lp = slot_lp[:-1].reshape(1, trie.num_nodes, width)
             scores = trie.scores(slot_lp)[0]  # (K,) log p(class tokens + end)
             best = int(trie.greedy(slot_lp)[0])

@@ -80,6 +80,18 @@ class RayLabelSummary(LabelSummary):
             return 0.0
         return min(self.teacher_s / (self.seconds * self.teacher_actors), 1.0)
 
+    @property
+    def bottleneck(self) -> str:
+        if self.teacher_busy >= 0.8:
+            return "the teacher is the bottleneck (more --teacher-actors, GPUs, or a larger --batch-size)"
+        return "decoding is the bottleneck (more --decode-cpus or nodes, or --keyframes)"
+
+    def engine_line(self) -> str:
+        """What the run took of the cluster, and where its dashboard is."""
+        gpus = f", {self.gpus_per_actor} GPU each" if self.gpus_per_actor else " on CPUs"
+        line = f"Ray: {self.teacher_actors} teacher actor(s){gpus}, {self.workers} decode CPU(s)"
+        return line + (f"; dashboard {self.dashboard}" if self.dashboard else "")
+
 
 @dataclass(frozen=True)
 class _Resources:
@@ -139,7 +151,7 @@ def run_label_ray(
     todo = [v for v in videos if not resume.video_done(v.name)]
     summary = RayLabelSummary(out=out, videos_found=len(videos), failures=list(failures))
     summary.videos_already_done = len(videos) - len(todo)
-    with _session(ray, cfg.ray.address) as dashboard, stop_on_sigterm():
+    with _session(ray, cfg.ray.address) as dashboard, stop_on_sigterm(), _quiet_ray_data():
         summary.dashboard = dashboard
         res = _resources(ray, cfg)
         summary.teacher_actors, summary.gpus_per_actor = res.teacher_actors, res.gpus_per_actor
@@ -186,6 +198,20 @@ def _session(ray: Any, address: str | None) -> Iterator[str | None]:
         yield (url if url.startswith("http") else f"http://{url}") if url else None
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _quiet_ray_data() -> Iterator[None]:
+    """Ray Data logs every run's plan and progress on the console (its log files keep them); errors still show."""
+    console = [h for h in logging.getLogger("ray.data").handlers if isinstance(h, logging.StreamHandler)]
+    levels = [h.level for h in console]
+    for handler in console:
+        handler.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for handler, level in zip(console, levels):
+            handler.setLevel(level)
 
 
 def _resources(ray: Any, cfg: TaskConfig) -> _Resources:

@@ -54,7 +54,7 @@ def plan_video(video: VideoFile, sampling: SamplingConfig) -> tuple[str, Any]:
 
 def probe_teacher(cfg: TaskConfig, root: str | None) -> tuple[str, Any]:
     """Build the teacher once: `("ok", (input_size, description))`, or `("error", "Type: message")`."""
-    from distill.label import build_teacher
+    from distill.label._teacher import build_teacher
 
     try:
         teacher = build_teacher(cfg, root=root)
@@ -152,7 +152,7 @@ class TeacherStage:
     """
 
     def __init__(self, cfg: TaskConfig, root: str | None = None) -> None:
-        from distill.label import build_teacher
+        from distill.label._teacher import build_teacher
 
         self.teacher = build_teacher(cfg, root=root)
         self.k = len(cfg.classes)

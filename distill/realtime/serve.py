@@ -254,6 +254,7 @@ class _Run:
         self.fallback: FallbackWorker | None = None
         self.inference: InferenceWorker | None = None
         self.web: WebView | None = None
+        self._emit_lock = threading.Lock()
 
     def open_outputs(
         self, *, display: bool, events: str | os.PathLike[str] | None, hard_examples: Any, http: Any, http_token: Any
@@ -312,10 +313,11 @@ class _Run:
         return not any(t.is_alive() for t in self._capture_threads)
 
     def emit(self, record: dict[str, Any]) -> None:
-        if self.events is not None:
-            self.events.write(record)
-        if self.web is not None:
-            self.web.feed.publish(record)
+        with self._emit_lock:  # the inference and main threads both emit: the file and the web see one order
+            if self.events is not None:
+                self.events.write(record)
+            if self.web is not None:
+                self.web.feed.publish(record)
 
     def loop(self, max_seconds: float | None) -> None:
         """The main thread: display, stats, timed flushes, and the stop conditions."""

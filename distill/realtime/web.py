@@ -14,7 +14,8 @@ opening `/?token=TOKEN` sets (so the page's images and event stream carry it). E
 Uvicorn runs the app on its own thread and event loop. Handlers only read the run's state (`Board`,
 `EventFeed`) and never wait on a worker: a client gets the newest frame when it is ready for one, each frame
 is JPEG-encoded at most once and only while someone watches, and a client that stops reading only stalls its
-own connection. When the run's stop event is set, streams end and the server closes within half a second.
+own connection. `WebServer.stop` is set once the run's other threads have ended: event streams send what is
+left and end, MJPEG streams end, clients that read nothing are cut, and the thread ends within half a second.
 
 This module does not decide labels or run the serving threads; `distill.realtime.serve` starts it.
 """
@@ -54,7 +55,7 @@ FRAME_POLL_S = 0.01  # how often new frames are looked for while a stream client
 EVENT_POLL_S = 0.05
 KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies from closing a quiet stream
 STOP_POLL_S = 0.05
-GRACE_S = 0.3  # after the stop, connections still open (clients that read nothing) are cut
+GRACE_S = 0.15  # after the stop, connections still open (clients that read nothing) are cut
 BOUNDARY = "frame"
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -316,9 +317,8 @@ class WebServer:
         while not self.stop.is_set() and not serving.done():
             await asyncio.sleep(STOP_POLL_S)
         self.server.should_exit = True  # streams see the stop event and end by themselves
-        await asyncio.wait({serving}, timeout=GRACE_S)
-        if not serving.done():  # a client that reads nothing keeps its connection blocked: cut it
-            stuck = list(getattr(self.server.server_state, "connections", ()))
+        while not (await asyncio.wait({serving}, timeout=GRACE_S))[0]:
+            stuck = list(getattr(self.server.server_state, "connections", ()))  # clients that stopped reading
             logger.debug("closing %d connection(s) still open after the stop", len(stuck))
             for connection in stuck:
                 connection.transport.abort()
