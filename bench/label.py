@@ -9,9 +9,13 @@ encoded with imageio-ffmpeg's libx264 at camera-like bitrates), all figures in v
   `--keyframes`
 - `distill label --fps 1` with the annotations teacher (N workers), and with the tiny random PaliGemma of the
   tests (the teacher's busy share of the wall time: decoding outpaces this teacher, so it should stay busy)
+- `distill label --fps 1 --engine ray` with the annotations teacher: Ray started on this machine for that row
+  only (not timed, like loading a model; no dashboard), N decode tasks and one teacher actor, as many processes
+  as the local engine's row (skipped when Ray is not installed: `pip install 'distill[ray]'`)
 
 Goals: exact --fps 1 with N workers >= 0.85 x the ceiling; --fps 0.2 >= 3x today's; --keyframes >= 10x exact
---fps 1; the tiny PaliGemma busy >= 90% of the wall time. Prints a table, writes bench/results/label.json.
+--fps 1; the tiny PaliGemma busy >= 90% of the wall time; the Ray engine >= 0.8x the local engine's video seconds
+per second (its overhead). Prints a table, writes bench/results/label.json.
 
     python bench/label.py [--seconds 30] [--workers N] [--repeats 2] [--decode-device cuda]
 """
@@ -19,6 +23,7 @@ Goals: exact --fps 1 with N workers >= 0.85 x the ceiling; --fps 0.2 >= 3x today
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -39,6 +44,7 @@ from distill.config import load_config  # noqa: E402
 from distill.label import run_label  # noqa: E402
 from distill.sample import run_sample  # noqa: E402
 
+RAY_ROW = "label --fps 1, annotations, --engine ray, {n} decode tasks"
 CLIPS = {  # name: (size, keyframe interval s, bitrate)
     "720p-gop1s": ((1280, 720), 1.0, "3M"),
     "720p-gop2s": ((1280, 720), 2.0, "3M"),
@@ -96,6 +102,27 @@ def label(paths: list[Path], out: Path, teacher: dict, **sampling) -> tuple[floa
     start = time.perf_counter()
     summary = run_label(paths, out, load_config(overrides=flags), overwrite=True)
     wall = time.perf_counter() - start
+    stats = summary.stats
+    steady = summary.teacher_s / max(summary.seconds - summary.first_batch_s, 1e-9)  # after start-up
+    extra = {"teacher_busy": summary.teacher_busy, "teacher_busy_after_startup": min(steady, 1.0)}
+    return wall, extra | {"startup_s": summary.first_batch_s, "decoded": stats.frames_read, "kept": stats.frames_kept}
+
+
+def label_ray(paths: list[Path], out: Path, teacher: dict, workers: int, **sampling) -> tuple[float, dict]:
+    """`--engine ray` with `workers` decode tasks, on Ray started for this row (one CPU more, for the teacher actor)."""
+    import ray
+
+    from distill.label import run_label_ray
+
+    flags = {f"sampling.{k}": v for k, v in sampling.items()} | {"sampling.dedup": False} | teacher
+    flags |= {"engine": "ray", "ray.decode_cpus": workers, "ray.teacher_actors": 1}
+    ray.init(num_cpus=workers + 1, include_dashboard=False, logging_level="WARNING")
+    try:
+        start = time.perf_counter()
+        summary = run_label_ray(paths, out, load_config(overrides=flags), overwrite=True)
+        wall = time.perf_counter() - start
+    finally:
+        ray.shutdown()
     stats = summary.stats
     return wall, {"teacher_busy": summary.teacher_busy, "decoded": stats.frames_read, "kept": stats.frames_kept}
 
@@ -159,11 +186,15 @@ def main() -> None:
                 video_s,
                 lambda: label(paths, tmp / "l", ann, workers=n, decode_device=dev),
             ),
-            f"label --fps 1, tiny PaliGemma, workers {n}": (
+            f"label --fps 2, tiny PaliGemma, workers {n}": (
                 video_s,
-                lambda: label(paths, tmp / "l", tiny, workers=n, decode_device=dev),
+                lambda: label(paths, tmp / "l", tiny, fps=2, workers=n, decode_device=dev),
             ),
         }
+        if importlib.util.find_spec("ray") is not None:
+            rows[RAY_ROW.format(n=n)] = (video_s, lambda: label_ray(paths, tmp / "r", ann, n, decode_device=dev))
+        else:
+            print("skipped the Ray row: Ray is not installed (pip install 'distill[ray]')")
         results: dict[str, dict] = {}
         for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits every row alike
             for name, (seconds, fn) in rows.items():
@@ -185,12 +216,19 @@ def report(results: dict[str, dict], args: argparse.Namespace, n: int) -> None:
         "--fps 0.2 / today's --fps 0.2 (>= 3)": rate[names[5]] / rate[names[4]],
         f"--keyframes / exact --fps 1, {n} workers (>= 10)": rate[names[6]] / rate[names[3]],
         "tiny PaliGemma teacher busy share (>= 0.90)": results[names[9]]["teacher_busy"],
+        "(tiny PaliGemma busy share after start-up: from the first frames on)": results[names[9]][
+            "teacher_busy_after_startup"
+        ],
         "(--keyframes / exact --fps 1 --start 0.5, targets between keyframes)": rate[names[6]] / rate[names[7]],
     }
+    if RAY_ROW.format(n=n) in rate:
+        goals["--engine ray / local, annotations (>= 0.8)"] = rate[RAY_ROW.format(n=n)] / rate[names[8]]
     print(f"\n{'':62} {'video s':>8} {'wall s':>8} {'video h / h':>12} {'decoded/kept':>13}")
     for name, r in results.items():
         frames = f"{r['decoded']}/{r['kept']}" if "decoded" in r else ""
         extra = f"  teacher busy {r['teacher_busy']:.0%}" if "teacher_busy" in r else ""
+        if "startup_s" in r:
+            extra += f" ({r['teacher_busy_after_startup']:.0%} after {r['startup_s']:.1f} s start-up)"
         print(f"{name:62} {r['video_s']:8.0f} {r['wall_s']:8.2f} {r['video_s_per_s']:12.1f} {frames:>13}{extra}")
     print()
     for name, value in goals.items():

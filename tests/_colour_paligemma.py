@@ -142,7 +142,9 @@ def _for_vllm(directory: Path) -> None:
 
     path = directory / "model.safetensors"
     weights = load_file(path)
-    renamed = {re.sub(r"^((?:model\.)?vision_tower\.)(?!vision_model\.)", r"\1vision_model.", k): v for k, v in weights.items()}
+    renamed = {
+        re.sub(r"^((?:model\.)?vision_tower\.)(?!vision_model\.)", r"\1vision_model.", k): v for k, v in weights.items()
+    }
     save_file(renamed, path, metadata={"format": "pt"})
     config_path = directory / "tokenizer_config.json"
     config = json.loads(config_path.read_text())

@@ -208,3 +208,14 @@ def test_cli_compare_with_a_teacher_reads_the_label_sets_config(trained: Path3, 
     data = json.loads((tmp_path / "metrics.json").read_text())
     assert data["teacher"]["cost_source"] == "measured here" and data["speedup"] > 0
     assert "faster than the teacher" in " ".join(result.output.split())
+
+
+def test_compare_runs_a_teacher_behind_an_openai_compatible_server(trained: Path3, tmp_path: Path):
+    from _openai_server import FakeServer
+
+    with FakeServer() as server:
+        overrides = {"classes": list(STATES), "teacher.backend": "openai", "teacher.url": server.url}
+        cfg = load_config(overrides=overrides | {"teacher.model": "toy-vlm"})
+        m = run_compare(trained.labels, tmp_path, student_path=trained.student, teacher_cfg=cfg).metrics
+    assert m["teacher"]["backend"] == "openai" and m["teacher"]["cost_source"] == "measured here"
+    assert m["teacher"]["throughput_fps"] > 0 and server.chat_requests > len(STATES)

@@ -228,9 +228,9 @@ def read_sse(sock_file, count: int) -> list[tuple[int, str, dict]]:
     return events
 
 
-def open_stream(port: int, path: str) -> tuple[socket.socket, object]:
+def open_stream(port: int, path: str, extra: str = "") -> tuple[socket.socket, object]:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
     f = sock.makefile("rb")
     assert f.readline().startswith(b"HTTP/1.1 200")
     while f.readline() not in (b"\r\n", b""):
@@ -275,6 +275,13 @@ def test_events_stream_replays_and_follows_in_order(served: Served) -> None:
     assert [e for _, e, _ in first] == ["label", "label", "stats"]
     assert [r["label"] for _, e, r in first + [last] if e == "label"] == labels
     assert last[2] == {"event": "label", "source": "cam-b", "t": 2, "label": "idle", "by": "student"}
+
+    sock, f = open_stream(served.server.port, "/api/events", "Last-Event-ID: 2\r\n")  # a browser reconnecting
+    try:
+        resumed = read_sse(_chunked_lines(f), 2)
+    finally:
+        sock.close()
+    assert [n for n, _, _ in resumed] == [3, 4]
 
 
 def read_part(f) -> bytes:

@@ -67,10 +67,11 @@ def labels_seen(driver) -> list[str]:
 
 
 def test_page_follows_the_label_and_sigint_stops_everything(tmp_path: Path, browser) -> None:
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
     student = make_student(tmp_path / "student.onnx")
-    clip = colour_clip(tmp_path / "rb.mp4", ["red", "blue"], seconds_each=5.0, size=(90, 160))
+    clip = colour_clip(tmp_path / "rb.mp4", ["red", "blue"], seconds_each=7.0, size=(90, 160))  # red: time to load
     cmd = [sys.executable, "-m", "distill.cli", "serve", "--source", str(clip), "--student", str(student)]
     cmd += ["--no-display", "--http", "127.0.0.1:0", "--events", str(tmp_path / "events.jsonl")]
     env = {**os.environ, "COLUMNS": "200", "DISTILL_HTTP_TOKEN": TOKEN}
@@ -85,14 +86,24 @@ def test_page_follows_the_label_and_sigint_stops_everything(tmp_path: Path, brow
             "  if (t && window.__seen.at(-1) !== t) window.__seen.push(t); };"
             "setInterval(record, 20);"
         )
-        wait = WebDriverWait(browser, 30, poll_frequency=0.1)
-        wait.until(lambda d: "red" in labels_seen(d))
-        wait.until(lambda d: labels_seen(d)[-1:] == ["blue"])  # the label shown changed to the next class
         segments = "return [...document.querySelectorAll('#src-0 .timeline .seg')].map(e => e.dataset.label)"
-        wait.until(lambda d: {"red", "blue"} <= set(d.execute_script(segments)))
         blue_width = "return document.querySelector('#src-0 .timeline .seg[data-label=blue]')?.offsetWidth ?? 0"
-        wait.until(lambda d: d.execute_script(blue_width) >= 30)  # both classes plainly visible in the screenshot
-        wait.until(lambda d: d.execute_script("return document.querySelector('#src-0 img').naturalWidth") > 0)
+        image_width = "return document.querySelector('#src-0 img').naturalWidth"
+        wait = WebDriverWait(browser, 30, poll_frequency=0.1)
+        for what, condition in [
+            ("red shown", lambda d: "red" in labels_seen(d)),
+            ("then blue", lambda d: labels_seen(d)[-1:] == ["blue"]),  # the label shown changed to the next class
+            ("both in the timeline", lambda d: {"red", "blue"} <= set(d.execute_script(segments))),
+            ("blue plainly visible", lambda d: d.execute_script(blue_width) >= 30),
+            ("a live picture", lambda d: d.execute_script(image_width) > 0),
+        ]:
+            try:
+                wait.until(condition)
+            except TimeoutException:
+                status = browser.find_element("id", "status").text
+                raise AssertionError(
+                    f"page never showed {what}: labels {labels_seen(browser)}, status {status!r}"
+                ) from None
         assert browser.execute_script("return document.querySelector('#src-0 .by').textContent") == "student"
         shot = tmp_path / "serve-page.png"
         assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000

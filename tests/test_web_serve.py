@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 import pytest
-from test_serve_fixtures import colour_clip, make_student
+from test_serve_fixtures import FixedTeacher, colour_clip, make_student
 
 pytest.importorskip("uvicorn")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -61,9 +61,13 @@ def test_web_view_of_a_serving_run(tmp_path: Path) -> None:
     ready: queue.Queue[str] = queue.Queue()
     result: dict = {}
 
+    # a teacher asked about every frame whose answers are never shown (held 0 s): fallbacks to count, same labels
+    teacher = FixedTeacher("green")
+    cfg = load_config(overrides={"serve.fallback_threshold": 1.0, "serve.teacher_hold_s": 0.0})
+
     def serve() -> None:
         result["summary"] = run_serve(
-            [clip], student, load_config(), events=events, hard_examples=None, http="127.0.0.1:0",
+            [clip], student, cfg, teacher=teacher, events=events, hard_examples=None, http="127.0.0.1:0",
             http_token=TOKEN, on_http=ready.put, stats_every_s=1.0,
         )  # fmt: skip
 
@@ -100,6 +104,10 @@ def test_web_view_of_a_serving_run(tmp_path: Path) -> None:
     while (later := frames_classified()) <= first and time.monotonic() < deadline:
         time.sleep(0.1)
     assert later > first  # the counter grows while the clip plays
+    status, body = client.get("/api/sources", AUTH)
+    (source,) = json.loads(body)["sources"]
+    assert source["stats"]["fallbacks"] >= 1 and source["stats"]["classified"] >= 1
+    assert source["label"] in ("red", "green", "blue") and source["by"] == "student"
 
     thread.join(60)
     reader.join(10)

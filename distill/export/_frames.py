@@ -55,6 +55,30 @@ def _evenly(indices: Sequence[int], limit: int) -> list[int]:
     return [indices[i] for i in picks]
 
 
+def _stratified(
+    indices: Sequence[int] | range, videos: Sequence[str], labels: Sequence[str | None], limit: int
+) -> list[int]:
+    """At most `limit` of `indices`, taken in turn from every (video, label) group, each group spread evenly.
+
+    Calibration sees every class of every video even when one long video or one class dominates the set, so
+    no activation range is set by a single scene.
+    """
+    if len(indices) <= limit:
+        return list(indices)
+    groups: dict[tuple[str, str | None], list[int]] = {}
+    for i in indices:
+        groups.setdefault((videos[i], labels[i]), []).append(i)
+    share = limit // len(groups)
+    sizes = {key: min(len(rows), share) for key, rows in groups.items()}
+    spare = limit - sum(sizes.values())  # groups smaller than their share leave room for the larger ones
+    for key, rows in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        extra = min(spare, len(rows) - sizes[key])
+        sizes[key] += extra
+        spare -= extra
+    picked = [i for key, rows in groups.items() for i in _evenly(rows, sizes[key])]
+    return sorted(picked)
+
+
 def _rows(directory: Path, classes: Sequence[str]) -> Any:
     try:
         manifest = read_manifest(directory)
@@ -131,10 +155,14 @@ def check_frames(
         return CheckFrames(check, None)
     if calibration is not None and Path(calibration) != train_set:
         calib_table = _rows(Path(calibration), meta.classes)
-        calib_idx = _evenly(list(range(calib_table.num_rows)), calibration_limit)
+        calib_idx = _stratified(
+            range(calib_table.num_rows), calib_table.column("video").to_pylist(),
+            calib_table.column("label").to_pylist(), calibration_limit,
+        )  # fmt: skip
         calib = _take(calib_table, calib_idx, f"{len(calib_idx)} frames of {calibration}")
     else:
-        calib_idx = _evenly(train_idx or check_idx, calibration_limit)
+        labels = table.column("label").to_pylist()
+        calib_idx = _stratified(train_idx or check_idx, videos, labels, calibration_limit)
         which = "train-split " if split is not None and train_idx else ""
         calib = _take(table, calib_idx, f"{len(calib_idx)} {which}frames of {train_set}")
     return CheckFrames(check, calib)

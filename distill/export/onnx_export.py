@@ -12,7 +12,9 @@ Steps of `export_onnx`:
    place only now, so a failed export never leaves a `student.onnx` behind.
 5. `int8` / `fp16`: `student.int8.onnx` / `student.fp16.onnx` next to it, each checked for top-1 agreement
    with fp32 (and with the teacher) on the same frames; below 98% the variant is deleted and the export
-   fails, unless `force`.
+   fails, unless `force`. INT8 is accuracy-aware (`distill.export._int8`: calibration methods, then the most
+   sensitive nodes kept float until it agrees), and its frames/s are measured against fp32 on this machine's
+   provider at batch 1 and 16 (`distill.export._speed`); the report says when INT8 is not faster.
 
 This module needs torch; `distill.export` imports it only when `export_onnx` is used. It does not train.
 """
@@ -23,7 +25,7 @@ import contextlib
 import io
 import logging
 import os
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +34,13 @@ import numpy as np
 from distill._files import write_atomic
 from distill._progress import progress_bar
 from distill.errors import DistillError, ExportError, first_line
-from distill.export._frames import FrameSet, check_frames
+from distill.export._frames import CheckFrames, FrameSet, check_frames
 from distill.export.metadata import write_metadata
 from distill.export.preprocess import Preprocessor
 from distill.export.quantize import (
     agreement,
     batches,
     convert_fp16,
-    quantize_int8,
     teacher_agreement,
     top1,
 )
@@ -111,14 +112,7 @@ def export_onnx(
         bar.advance()
         variants = []
         if int8:
-            calib = list(batches(prep, frames.calibration.images))
-            path = _variant_path(out_path, "int8")
-            quantize_int8(out_path, path, calib, INPUT_NAME)
-            variants.append(
-                _check_variant(
-                    "int8", path, meta, prep, frames.check, fp32_logits, force, calibration=frames.calibration.source
-                )
-            )
+            variants.append(_int8_variant(out_path, meta, prep, frames, fp32_logits, force, bar))
             bar.advance()
         if fp16:
             path = _variant_path(out_path, "fp16")
@@ -268,6 +262,38 @@ def _parity_gate(
     return report, ort_all
 
 
+def _int8_variant(
+    out_path: Path,
+    meta: StudentMeta,
+    prep: Preprocessor,
+    frames: CheckFrames,
+    fp32_logits: np.ndarray,
+    force: bool,
+    bar,
+) -> VariantReport:
+    """The accuracy-aware INT8 copy (`_int8.search_int8`), its speed against fp32, then the agreement gate."""
+    from distill.export._int8 import search_int8
+    from distill.export._speed import compare_speed
+
+    assert frames.calibration is not None
+    calib = list(batches(prep, frames.calibration.images))
+    check = np.concatenate(list(batches(prep, frames.check.images, 64)))  # (N, 3, S, S)
+    path = _variant_path(out_path, "int8")
+    found = search_int8(
+        out_path, path, calib, check, fp32_logits, INPUT_NAME, target=MIN_AGREEMENT,
+        progress=lambda what: bar.update(description=what),
+    )  # fmt: skip
+    speed = None
+    if found.reached or force:
+        bar.update(description="int8: fp32 vs int8 speed")
+        speed = compare_speed({"fp32": out_path, "int8": path}, meta.image_size, INPUT_NAME)
+    search = tuple(asdict(step) for step in found.steps)
+    return _check_variant(
+        "int8", path, meta, prep, frames.check, fp32_logits, force, calibration=frames.calibration.source,
+        method=found.method, float_nodes=found.float_nodes, search=search, speed=speed,
+    )  # fmt: skip
+
+
 def _check_variant(
     precision: str,
     path: Path,
@@ -277,8 +303,12 @@ def _check_variant(
     fp32_logits: np.ndarray,
     force: bool,
     calibration: str | None = None,
+    **found: Any,
 ) -> VariantReport:
-    """Measure a variant against fp32 and the teacher; delete it and raise below 98% unless forced."""
+    """Measure a variant against fp32 and the teacher; delete it and raise below 98% unless forced.
+
+    `found`: what the INT8 search recorded (method, float_nodes, search, speed), kept in the report and file.
+    """
     import onnx
 
     providers = ["CPUExecutionProvider"] if precision == "int8" else default_providers()
@@ -288,16 +318,16 @@ def _check_variant(
     teacher = teacher_agreement(predicted, frames.teacher, list(meta.classes))
     if agree < MIN_AGREEMENT and not force:
         path.unlink(missing_ok=True)
+        best = f" at best ({len(found['search'])} INT8 candidates measured)" if found.get("search") else ""
         raise ExportError(
-            f"{precision} agrees with fp32 on only {agree:.1%} of {len(frames)} frames (< {MIN_AGREEMENT:.0%}); "
-            f"use the fp32 student, or --force to keep the {precision} one anyway"
+            f"{precision} agrees with fp32 on only {agree:.1%} of {len(frames)} frames{best} "
+            f"(< {MIN_AGREEMENT:.0%}); use the fp32 student, or --force to keep the {precision} one anyway"
         )
     variant = VariantReport(
-        precision, path, agree, teacher, len(frames), calibration=calibration, forced=agree < MIN_AGREEMENT
+        precision, path, agree, teacher, len(frames), calibration=calibration, forced=agree < MIN_AGREEMENT, **found
     )
-    checks = {k: v for k, v in variant.__dict__.items() if k not in ("path", "precision")}
     model = onnx.load(str(path))
-    write_metadata(model, meta.replace(precision=precision, checks=checks))
+    write_metadata(model, meta.replace(precision=precision, checks=variant.checks()))
     _save(model, path)
     return variant
 

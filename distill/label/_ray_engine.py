@@ -12,7 +12,7 @@ LabelSetWriter (one, here)  <-- rows stream <--           teacher stage (actor p
 ```
 The stages do what the local engine's do (`_ray_stages.py`), so rows and probabilities equal a local run's. Only
 this process writes the label set, so the manifest stays consistent; it records a chunk as finished once a
-shard holds its rows (`_ray_ledger.py`), so a driver killed with SIGKILL loses at most one unwritten shard and
+shard holds its rows (`_ray_driver.py`), so a driver killed with SIGKILL loses at most one unwritten shard and
 the same command resumes. A task whose worker dies, or that raises, is run again up to `ray.max_retries` times
 (a teacher actor that dies is replaced), then its chunk is reported by name while the rest go on; a file FFmpeg
 cannot read is reported at once.
@@ -25,7 +25,6 @@ rows itself.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
@@ -33,23 +32,17 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from distill._decode_workers import stop_on_sigterm
-from distill._progress import ProgressBar, progress_bar
+from distill._progress import progress_bar
 from distill.config import TaskConfig, save_config
-from distill.dataset import MANIFEST, LabelSetWriter, label_row
+from distill.dataset import MANIFEST, LabelSetWriter
 from distill.errors import ConfigError, TeacherError, VideoError, first_line
 from distill.label._feed import Resume
-from distill.label._ray_ledger import Ledger
+from distill.label._ray_driver import Ledger, Store
 from distill.label._ray_stages import (
-    CHUNK,
-    ERROR,
-    FAILED,
-    RETRY,
-    UNCOVERED,
     TeacherStage,
-    _rows,
     describe_error,
     plan_video,
     probe_teacher,
@@ -93,18 +86,18 @@ class RayLabelSummary(LabelSummary):
         return line + (f"; dashboard {self.dashboard}" if self.dashboard else "")
 
 
-@dataclass(frozen=True)
-class _Resources:
+class _Resources(NamedTuple):
     teacher_actors: int
     gpus_per_actor: int
     decode_cpus: int
+    cpus_per_actor: int
 
 
 def import_ray() -> Any:
     """The `ray` module, or a one-line `ConfigError` naming the install command."""
     try:
         import ray
-        import ray.data  # noqa: F401  (Ray Data comes with ray[data] / ray[default])
+        import ray.data  # noqa: F401  (Ray Data: ray[data])
     except ImportError:
         raise ConfigError(f"--engine ray needs Ray, which is not installed; run: {INSTALL}") from None
     return ray
@@ -135,6 +128,8 @@ def run_label_ray(
     """
     cfg.require_classes()
     ray = import_ray()
+    if cfg.sampling.decode_device != "cpu":
+        raise ConfigError("--engine ray decodes on CPUs only; leave out --decode-device (or use --engine local)")
     out = Path(out)
     videos, failures = find_videos(inputs)
     if not videos:
@@ -142,42 +137,64 @@ def run_label_ray(
         raise VideoError(f"no video found in {', '.join(map(str, inputs))}{reason}; pass video files or folders")
     if root is None and len(inputs) == 1 and Path(inputs[0]).is_dir():
         root = inputs[0]
-    root = None if root is None else str(root)
-    opts = {"config": cfg.to_dict(), "shard_rows": shard_rows, "overwrite": overwrite}
-    writer = None
-    if (out / MANIFEST).exists() and not overwrite:  # resume, or refuse at once (before starting anything)
-        writer = LabelSetWriter(out, cfg.class_names, describe_teacher(cfg), **opts)
-    resume = Resume(writer.manifest.get("finished") if writer else None, cfg.sampling, videos)
+    run = _Run(out, cfg, None if root is None else str(root), overwrite, shard_rows)
+    resume = Resume(run.writer.manifest.get("finished") if run.writer else None, cfg.sampling, videos)
     todo = [v for v in videos if not resume.video_done(v.name)]
     summary = RayLabelSummary(out=out, videos_found=len(videos), failures=list(failures))
-    summary.videos_already_done = len(videos) - len(todo)
-    with _session(ray, cfg.ray.address) as dashboard, stop_on_sigterm(), _quiet_ray_data():
-        summary.dashboard = dashboard
-        res = _resources(ray, cfg)
-        summary.teacher_actors, summary.gpus_per_actor = res.teacher_actors, res.gpus_per_actor
-        summary.workers, summary.batch_size = res.decode_cpus, cfg.teacher.batch_size
-        plans = _submit_plans(ray, todo, cfg)  # planning runs while the teacher is probed
-        input_size, description = _probe(ray, cfg, root, res)
-        if writer is None:  # only now: a teacher that fails to load leaves no label set behind
-            writer = LabelSetWriter(out, cfg.class_names, description, **opts)
-        save_config(cfg, out / "config.yaml")
-        ledger = Ledger()
-        start = time.perf_counter()
-        with writer, progress_bar("labelling", unit="video s", enabled=show_progress) as bar:
-            if dashboard:
-                bar.update(description=f"labelling (Ray dashboard {dashboard})")
-            items = _collect_plans(ray, plans, cfg, resume, writer.done, ledger, summary)
-            bar.update(total=ledger.total_s or None)
-            store = _Store(writer, resume, ledger, summary, bar, tag=teacher_tag(description))
-            if items:
-                store.consume(_pipeline(ray, items, cfg, root, res, input_size), description.get("backend", "?"))
-            store.close()
-        summary.seconds = time.perf_counter() - start
+    summary.videos_already_done, summary.batch_size = len(videos) - len(todo), cfg.teacher.batch_size
+    ledger = Ledger()
+    if todo:  # else nothing to do: Ray is not even started
+        with _session(ray, cfg.ray.address) as dashboard, stop_on_sigterm(), _quiet_ray_data():
+            summary.dashboard = dashboard
+            run.label(ray, todo, resume, ledger, summary, show_progress)
     summary.failures += ledger.lost(cfg.ray.max_retries + 1)
-    _finish(summary, writer, resume, ledger, res)
+    _finish(summary, run.writer, resume, ledger)
     if summary.stats.videos == 0 and summary.videos_already_done == 0:
         raise VideoError(f"no video could be sampled from {', '.join(map(str, inputs))}; see the warnings above")
     return summary
+
+
+class _Run:
+    """One run's label set and settings; `label` does the work on Ray."""
+
+    def __init__(self, out: Path, cfg: TaskConfig, root: str | None, overwrite: bool, shard_rows: int) -> None:
+        self.out, self.cfg, self.root = out, cfg, root
+        self.opts = {"config": cfg.to_dict(), "shard_rows": shard_rows, "overwrite": overwrite}
+        self.writer: LabelSetWriter | None = None
+        if (out / MANIFEST).exists() and not overwrite:  # resume, or refuse at once (before starting Ray)
+            self.writer = LabelSetWriter(out, cfg.class_names, describe_teacher(cfg), **self.opts)
+
+    def label(
+        self,
+        ray: Any,
+        todo: list[VideoFile],
+        resume: Resume,
+        ledger: Ledger,
+        summary: RayLabelSummary,
+        show_progress: bool,
+    ) -> None:
+        cfg = self.cfg
+        res = _resources(ray, cfg)
+        summary.teacher_actors, summary.gpus_per_actor = res.teacher_actors, res.gpus_per_actor
+        summary.workers = res.decode_cpus
+        plans = _submit_plans(ray, todo, cfg)  # planning runs while the teacher is probed
+        input_size, description = _probe(ray, cfg, self.root, res)
+        if self.writer is None:  # only now: a teacher that fails to load leaves no label set behind
+            self.writer = LabelSetWriter(self.out, cfg.class_names, description, **self.opts)
+        save_config(cfg, self.out / "config.yaml")
+        start = time.perf_counter()
+        with self.writer, progress_bar("labelling", unit="video s", enabled=show_progress) as bar:
+            if summary.dashboard:
+                bar.update(description=f"labelling (Ray dashboard {summary.dashboard})")
+            items = _collect_plans(ray, plans, cfg, resume, self.writer.done, ledger, summary)
+            bar.update(total=ledger.total_s or None)
+            store = Store(self.writer, resume, ledger, summary, bar, tag=teacher_tag(description))
+            if items:
+                ds = _pipeline(ray, items, cfg, self.root, res, input_size)
+                batches = ds.iter_batches(batch_size=None, batch_format="numpy")
+                store.consume(batches, description.get("backend", "?"), res.teacher_actors)
+            store.close()
+        summary.seconds = time.perf_counter() - start
 
 
 @contextlib.contextmanager
@@ -220,8 +237,9 @@ def _resources(ray: Any, cfg: TaskConfig) -> _Resources:
     cpus, gpus = int(total.get("CPU", 1)), int(total.get("GPU", 0))
     use_gpus = gpus > 0 and cfg.teacher.device != "cpu"
     actors = cfg.ray.teacher_actors or (gpus if use_gpus else 1)
-    decode = cfg.ray.decode_cpus or max(1, cpus - actors)  # each teacher actor holds one CPU
-    return _Resources(actors, 1 if use_gpus else 0, decode)
+    actor_cpus = 1 if cpus > actors else 0  # one CPU each, unless that would leave none to decode on
+    decode = cfg.ray.decode_cpus or max(1, cpus - actors * actor_cpus)
+    return _Resources(actors, 1 if use_gpus else 0, decode, actor_cpus)
 
 
 def _submit_plans(ray: Any, videos: Sequence[VideoFile], cfg: TaskConfig) -> dict[Any, VideoFile]:
@@ -232,7 +250,7 @@ def _submit_plans(ray: Any, videos: Sequence[VideoFile], cfg: TaskConfig) -> dic
 
 def _probe(ray: Any, cfg: TaskConfig, root: str | None, res: _Resources) -> tuple[int | None, dict[str, Any]]:
     """Build the teacher once, where an actor would run: its input size (to pre-shrink frames to) and description."""
-    options = {"num_cpus": 1, "num_gpus": res.gpus_per_actor, "max_retries": cfg.ray.max_retries}
+    options = {"num_cpus": res.cpus_per_actor, "num_gpus": res.gpus_per_actor, "max_retries": cfg.ray.max_retries}
     remote = ray.remote(max_calls=1, **options)(probe_teacher)  # its process exits after: no GPU memory kept
     status, value = ray.get(remote.remote(cfg, root))
     if status == "error":
@@ -280,14 +298,14 @@ def _collect_plans(
 
 def _pipeline(ray: Any, items: list[bytes], cfg: TaskConfig, root: str | None, res: _Resources, input_size: int | None):
     """The Ray Data pipeline over the work items: a sampling stage (tasks) into a teacher stage (actor pool)."""
-    from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
-    ctx = DataContext.get_current()
-    ctx.max_errored_blocks = -1  # a chunk that fails for good is dropped here and reported by the ledger
-    ctx.retried_map_errors, ctx.max_map_retries = True, cfg.ray.max_retries
-    ctx.enable_progress_bars = ctx.print_on_execution_start = False  # distill draws its own bar
     tries = cfg.ray.max_retries
     ds = ray.data.from_items([{"item": item} for item in items], override_num_blocks=len(items))
+    ctx = ds.context  # this dataset's own copy of the settings
+    ctx.max_errored_blocks = -1  # a chunk that fails for good is dropped here and reported by the ledger
+    ctx.retried_map_errors, ctx.max_map_retries = True, tries
+    ctx.enable_progress_bars = ctx.print_on_execution_start = False  # distill draws its own bar
     with warnings.catch_warnings():  # Ray Data >= 2.60 warns on task retry options, its only way to bound them
         warnings.simplefilter("ignore")
         ds = ds.map_batches(
@@ -303,117 +321,20 @@ def _pipeline(ray: Any, items: list[bytes], cfg: TaskConfig, root: str | None, r
             batch_size=cfg.teacher.batch_size,
             fn_constructor_kwargs={"cfg": cfg, "root": root},
             compute=ActorPoolStrategy(size=res.teacher_actors),
-            num_cpus=1,
+            num_cpus=res.cpus_per_actor,
             num_gpus=res.gpus_per_actor,
             max_task_retries=tries,
         )
 
 
-class _Store:
-    """The driver's end of the pipeline: rows -> the one `LabelSetWriter`; finished work -> `Resume`."""
-
-    def __init__(
-        self,
-        writer: LabelSetWriter,
-        resume: Resume,
-        ledger: Ledger,
-        summary: RayLabelSummary,
-        bar: ProgressBar,
-        tag: str,
-    ) -> None:
-        self.writer, self.resume, self.ledger, self.summary, self.bar, self.tag = (
-            writer,
-            resume,
-            ledger,
-            summary,
-            bar,
-            tag,
-        )
-        self.shards = len(writer.manifest["shards"])
-        self.start = time.perf_counter()
-
-    def consume(self, ds: Any, backend: str) -> None:
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for row in _rows(batch):
-                kind = row["kind"]
-                if kind == ERROR:
-                    raise TeacherError(describe_error(row["info"], backend))
-                if kind == FAILED:
-                    self._failed(row["video"], row["info"])
-                elif kind == CHUNK:
-                    self._chunk(row)
-                else:
-                    self._frame(row)
-            busy = self.summary.teacher_s / max((time.perf_counter() - self.start) * self.summary.teacher_actors, 1e-9)
-            self.bar.update(description=f"labelling (teacher busy {min(busy, 1.0):.0%})")
-
-    def _failed(self, video: str, reason: str) -> None:
-        failure = self.ledger.fail(video, reason)
-        if failure is not None:
-            self.summary.failures.append(failure)
-            logger.warning("skipping %s: %s", video, reason)
-
-    def _chunk(self, row: dict[str, Any]) -> None:
-        info = json.loads(row["info"])
-        s = self.summary
-        s.stats.frames_read += info["frames_read"]
-        s.stats.frames_kept += info["frames_kept"]
-        s.stats.duplicates += info["duplicates"]
-        s.decode_s += info["decode_s"]
-        s.frames_already_done += info["skipped"]
-        self._advance(self.ledger.chunk_done(row["video"], int(row["chunk"]), info["frames"]))
-
-    def _frame(self, row: dict[str, Any]) -> None:
-        video, number, index = row["video"], int(row["chunk"]), int(row["frame_index"])
-        if not self.ledger.frame(video, number, index) or (video, index) in self.writer.done:
-            return  # sent twice (a task Ray ran again)
-        s = self.summary
-        s.teacher_s += float(row["teacher_s"])
-        if row["state"] == UNCOVERED:
-            s.skipped_uncovered += 1
-        elif row["state"] == RETRY:
-            s.frames_failed.append((video, index, str(row["info"])))
-        else:
-            jpeg, probs = bytes(row["jpeg"]), row["probs"]
-            where = (video, index, float(row["timestamp_s"]))
-            label, raw = _text(row["label"]), _text(row["raw"])
-            self.writer.add(label_row(*where, jpeg, label, probs, teacher=self.tag, raw=raw))
-            s.frames_labelled += 1
-            if len(self.writer.manifest["shards"]) != self.shards:  # a shard was written: all rows so far are safe
-                self.shards = len(self.writer.manifest["shards"])
-                self._commit()
-        self._advance(self.ledger.settle(video, number))
-
-    def _advance(self, seconds: float) -> None:
-        if seconds:
-            self.summary.video_s += seconds
-            self.bar.advance(seconds)
-
-    def _commit(self) -> None:
-        """Record the chunks and videos finished so far (all their rows are in shards by now)."""
-        failed = {video for video, _, _ in self.summary.frames_failed}
-        self.resume.commit(*self.ledger.take_finished(failed))
-        self.writer.update(finished=self.resume.state())
-
-    def close(self) -> None:
-        self.writer.flush()
-        failed = {video for video, _, _ in self.summary.frames_failed}
-        self.resume.commit(*self.ledger.take_finished(failed))
-
-
-def _text(value: Any) -> str | None:
-    """A text column's value: Arrow turns a column of None only into NaNs."""
-    return value if isinstance(value, str) else None
-
-
-def _finish(summary: RayLabelSummary, writer: LabelSetWriter, resume: Resume, ledger: Ledger, res: _Resources) -> None:
+def _finish(summary: RayLabelSummary, writer: LabelSetWriter, resume: Resume, ledger: Ledger) -> None:
     """Fill the summary from the manifest; record what is finished and the run's statistics."""
     summary.stats.videos = ledger.videos_finished
     counts = writer.manifest["counts"]
     summary.total_frames, summary.unmatched = counts["frames"], counts["unmatched"]
     summary.per_class = dict(counts["per_class"])
     if summary.frames_labelled or "run" not in writer.manifest:  # a no-op rerun keeps the real run's cost
-        record = _run_record(summary) | {"engine": "ray", "teacher_actors": res.teacher_actors}
+        record = _run_record(summary) | {"engine": "ray", "teacher_actors": summary.teacher_actors}
         writer.update(finished=resume.state(), run=record)
     else:
         writer.update(finished=resume.state())

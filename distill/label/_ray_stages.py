@@ -89,7 +89,8 @@ def _columns(rows: list[dict[str, Any]], k: int | None = None) -> dict[str, np.n
     return out
 
 
-def _rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+def rows_of(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """A batch (column name -> array) as a list of rows."""
     names = list(batch)
     return [dict(zip(names, values)) for values in zip(*(batch[n] for n in names))]
 
@@ -163,7 +164,7 @@ class TeacherStage:
         from distill.label._teacher import TeacherFailure
         from distill.video import Frame
 
-        rows = _rows(batch)
+        rows = rows_of(batch)
         frames = [r for r in rows if r["kind"] == FRAME]
         start = time.perf_counter()
         try:

@@ -66,6 +66,7 @@ class LabelSummary:
     video_s: float = 0.0  # media time sampled by this run
     teacher_s: float = 0.0  # wall time inside the teacher
     decode_s: float = 0.0  # decode workers' time (decoding, converting, encoding), over all workers
+    first_batch_s: float = 0.0  # start-up: until the first frames reached the teacher (workers, plans, first decode)
     workers: int = 0
 
     @property
@@ -243,6 +244,8 @@ def _loop(
             break
         if isinstance(item, BaseException):
             raise item
+        if not summary.first_batch_s and item.frames:
+            summary.first_batch_s = time.perf_counter() - start
         summary.teacher_s += _label(teacher, producer, writer, summary, item, tag)
         summary.frames_already_done += item.already_done
         summary.video_s += item.video_s
@@ -302,6 +305,7 @@ def _run_record(summary: LabelSummary) -> dict[str, Any]:
         "video_s": round(summary.video_s, 3),
         "video_hours_per_hour": round(summary.video_hours_per_hour, 3),
         "teacher_busy": round(summary.teacher_busy, 3),
+        "first_batch_s": round(summary.first_batch_s, 3),
         "decode_s": round(summary.decode_s, 3),
         "workers": summary.workers,
     }

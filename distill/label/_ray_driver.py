@@ -1,4 +1,5 @@
-"""The Ray engine's bookkeeping on the driver: which (video, chunk) work items are finished, failed or pending.
+"""The Ray engine's driver side: which (video, chunk) work items are finished (`Ledger`), and the one writer's end
+of the row stream (`Store`).
 
 Rows come back from the Ray pipeline in any order, and a task that Ray ran twice may send a frame twice. The
 ledger counts each chunk's distinct frames against the count its `chunk` row announces; a chunk is finished
@@ -6,15 +7,27 @@ once both agree, and a video once all its planned chunks are. Like the local eng
 and videos as finished (`Resume.commit`) only once a shard holds their rows, so a driver killed at any moment
 loses at most the rows of its unwritten shard.
 
-This module does not talk to Ray, decode video or store rows; `_ray_engine.py` does.
+This module does not talk to Ray or decode video; `_ray_engine.py` and `_ray_stages.py` do.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
+from distill._progress import ProgressBar
+from distill.dataset import LabelSetWriter, label_row
 from distill.decode import Chunk
+from distill.errors import TeacherError
+from distill.label._feed import Resume
+from distill.label._ray_stages import CHUNK, ERROR, FAILED, RETRY, UNCOVERED, describe_error, rows_of
+from distill.label._run import LabelSummary
 from distill.video import Failure
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -112,3 +125,101 @@ class Ledger:
                 )
                 failures.append(self.fail(video, reason))
         return [f for f in failures if f is not None]
+
+
+class Store:
+    """The driver's end of the pipeline: rows -> the one `LabelSetWriter`; finished work -> `Resume`."""
+
+    def __init__(
+        self,
+        writer: LabelSetWriter,
+        resume: Resume,
+        ledger: Ledger,
+        summary: LabelSummary,
+        bar: ProgressBar,
+        tag: str,
+    ) -> None:
+        self.writer, self.resume, self.ledger, self.summary, self.bar, self.tag = (
+            writer,
+            resume,
+            ledger,
+            summary,
+            bar,
+            tag,
+        )
+        self.shards = len(writer.manifest["shards"])
+        self.start = time.perf_counter()
+
+    def consume(self, batches: Any, backend: str, actors: int) -> None:
+        """Store the rows of every batch (column name -> array) until the stream ends."""
+        for batch in batches:
+            for row in rows_of(batch):
+                kind = row["kind"]
+                if kind == ERROR:
+                    raise TeacherError(describe_error(row["info"], backend))
+                if kind == FAILED:
+                    self._failed(row["video"], row["info"])
+                elif kind == CHUNK:
+                    self._chunk(row)
+                else:
+                    self._frame(row)
+            busy = self.summary.teacher_s / max((time.perf_counter() - self.start) * actors, 1e-9)
+            self.bar.update(description=f"labelling (teacher busy {min(busy, 1.0):.0%})")
+
+    def _failed(self, video: str, reason: str) -> None:
+        failure = self.ledger.fail(video, reason)
+        if failure is not None:
+            self.summary.failures.append(failure)
+            logger.warning("skipping %s: %s", video, reason)
+
+    def _chunk(self, row: dict[str, Any]) -> None:
+        info = json.loads(row["info"])
+        s = self.summary
+        s.stats.frames_read += info["frames_read"]
+        s.stats.frames_kept += info["frames_kept"]
+        s.stats.duplicates += info["duplicates"]
+        s.decode_s += info["decode_s"]
+        s.frames_already_done += info["skipped"]
+        self._advance(self.ledger.chunk_done(row["video"], int(row["chunk"]), info["frames"]))
+
+    def _frame(self, row: dict[str, Any]) -> None:
+        video, number, index = row["video"], int(row["chunk"]), int(row["frame_index"])
+        if not self.ledger.frame(video, number, index) or (video, index) in self.writer.done:
+            return  # sent twice (a task Ray ran again)
+        s = self.summary
+        s.teacher_s += float(row["teacher_s"])
+        if row["state"] == UNCOVERED:
+            s.skipped_uncovered += 1
+        elif row["state"] == RETRY:
+            s.frames_failed.append((video, index, str(row["info"])))
+        else:
+            jpeg, probs = bytes(row["jpeg"]), row["probs"]
+            where = (video, index, float(row["timestamp_s"]))
+            label, raw = _text(row["label"]), _text(row["raw"])
+            self.writer.add(label_row(*where, jpeg, label, probs, teacher=self.tag, raw=raw))
+            s.frames_labelled += 1
+            if len(self.writer.manifest["shards"]) != self.shards:  # a shard was written: all rows so far are safe
+                self.shards = len(self.writer.manifest["shards"])
+                self._commit()
+        self._advance(self.ledger.settle(video, number))
+
+    def _advance(self, seconds: float) -> None:
+        if seconds:
+            self.summary.video_s += seconds
+            self.bar.advance(seconds)
+
+    def _commit(self) -> None:
+        """Record the chunks and videos finished so far (all their rows are in shards by now)."""
+        failed = {video for video, _, _ in self.summary.frames_failed}
+        self.resume.commit(*self.ledger.take_finished(failed))
+        self.writer.update(finished=self.resume.state())
+
+    def close(self) -> None:
+        self.writer.flush()
+        failed = {video for video, _, _ in self.summary.frames_failed}
+        self.resume.commit(*self.ledger.take_finished(failed))
+
+
+def _text(value: Any) -> str | None:
+    """A text column's value: Arrow turns a column of None only into NaNs."""
+    return value if isinstance(value, str) else None
