@@ -251,7 +251,9 @@ def _submit_plans(ray: Any, videos: Sequence[VideoFile], cfg: TaskConfig) -> dic
 def _probe(ray: Any, cfg: TaskConfig, root: str | None, res: _Resources) -> tuple[int | None, dict[str, Any]]:
     """Build the teacher once, where an actor would run: its input size (to pre-shrink frames to) and description."""
     options = {"num_cpus": res.cpus_per_actor, "num_gpus": res.gpus_per_actor, "max_retries": cfg.ray.max_retries}
-    remote = ray.remote(max_calls=1, **options)(probe_teacher)  # its process exits after: no GPU memory kept
+    if res.gpus_per_actor:
+        options["max_calls"] = 1  # its process exits after the call, so it keeps no GPU memory
+    remote = ray.remote(**options)(probe_teacher)
     status, value = ray.get(remote.remote(cfg, root))
     if status == "error":
         raise TeacherError(describe_error(value, cfg.teacher.backend))
