@@ -1,8 +1,9 @@
-"""Student throughput on 720p BGR frames: `Student` end to end vs the raw ONNX Runtime session vs PyTorch eager.
+"""Students compared: serving speed fp32 vs INT8 at 224 px, and accuracy and INT8 agreement on the demo.
 
-For each timm model (random weights, pretrained=False; speed does not depend on the weights) at 224 px:
+Speed. For each timm model (random weights, pretrained=False; speed does not depend on the weights) at 224 px:
 export to ONNX as `distill export` does (dynamo, opset 20, metadata; no parity gate, since there is no label
-set), make a static INT8 (QDQ) copy calibrated on synthetic frames, then measure frames/s at batch 1 and 16:
+set), make a static INT8 (QDQ, MinMax) copy calibrated on synthetic frames, then measure frames/s at batch 1
+and 16:
 
 - `student`  : `Student.predict(frames)` on 720p BGR uint8 frames (resize + normalise + run + softmax)
 - `session`  : `session.run` on a ready (B, 3, 224, 224) float32 tensor (the model alone)
@@ -15,8 +16,14 @@ so load from other processes hits them alike. Threads: the same number for ONNX 
 default (on a 2-core machine shared with other jobs, 2 threads per library made torch's OpenMP pool stall
 badly under load and the figures meaningless); pass `--threads N` on a dedicated machine.
 
+Accuracy (`bench/_accuracy.py`, skipped with `--no-accuracy`). The demo's quick videos are rendered and
+labelled once; each model is trained on them from scratch (`--train-size`, `--epochs`) and exported with
+`--int8 --force`: its held-out accuracy (fp32, against the teacher's labels), INT8's agreement with fp32 on
+the same frames, and the nodes INT8 kept float. The last table puts these next to the 224 px frames/s.
+
 Usage:
-    .venv/bin/python bench/student.py [--quick] [--threads 1] [--models a,b] [--out bench/results/student.json]
+    .venv/bin/python bench/student.py [--quick] [--threads 1] [--models a,b] [--no-accuracy] [--epochs 6]
+        [--out bench/results/student.json]
 """
 
 from __future__ import annotations
@@ -33,7 +40,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-MODELS = ["mobilenetv3_small_100", "mobilenetv3_large_100", "efficientnet_b0", "resnet18"]
+MODELS = [
+    "mobilenetv3_small_100",
+    "mobilenetv3_large_100",
+    "efficientnet_b0",
+    "resnet10t",
+    "resnet18",
+    "ghostnet_100",
+    "regnetx_002",
+    "convnext_atto",
+]
 CLASSES = ["idle", "running", "error", "maintenance"]
 SIZE = 224
 
@@ -52,14 +68,16 @@ def synthetic_frames(n: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def build(name: str, workdir: Path, calibration: list[np.ndarray]):
-    """(torch model, meta, fp32 path, int8 path) for one timm model."""
+    """(torch model, meta, fp32 path, int8 path) for one timm model (random weights, plain MinMax INT8)."""
     import onnx
+    import onnxruntime as ort
     import timm
 
+    from distill.export._int8 import search_int8
     from distill.export.metadata import write_metadata
     from distill.export.onnx_export import INPUT_NAME, export_graph
     from distill.export.preprocess import Preprocessor
-    from distill.export.quantize import batches, quantize_int8
+    from distill.export.quantize import batches
     from distill.train import build_meta
 
     model = timm.create_model(name, pretrained=False, num_classes=len(CLASSES)).eval()
@@ -70,7 +88,11 @@ def build(name: str, workdir: Path, calibration: list[np.ndarray]):
     onnx.save(proto, str(fp32))
     int8 = workdir / f"{name}.int8.onnx"
     prep = Preprocessor(SIZE, meta.mean, meta.std)
-    quantize_int8(fp32, int8, list(batches(prep, calibration)), INPUT_NAME)
+    calib = list(batches(prep, calibration))
+    check = np.concatenate(calib)
+    reference = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: check})[0]
+    # random weights: agreement means nothing here, so no search (target 0); the speed of the INT8 graph is the point
+    search_int8(fp32, int8, calib, check, reference, INPUT_NAME, target=0.0, methods=("minmax",))
     qproto = onnx.load(str(int8))
     write_metadata(qproto, meta.replace(precision="int8"))
     onnx.save(qproto, str(int8))
@@ -122,6 +144,9 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "student.json")
+    parser.add_argument("--no-accuracy", action="store_true", help="speed only: skip training on the demo")
+    parser.add_argument("--train-size", type=int, default=64, help="image size the accuracy students train at")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs the accuracy students train for")
     args = parser.parse_args()
 
     import onnxruntime as ort
@@ -162,6 +187,7 @@ def main() -> None:
                     row["student/eager"] = round(got["student"] / got["eager"], 2)
                     rows.append(row)
                     print(_fmt(row), flush=True)
+    accuracy = [] if args.no_accuracy else accuracy_rows(args.models.split(","), args.train_size, args.epochs)
     env = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -174,10 +200,43 @@ def main() -> None:
         "seconds_per_round": seconds,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")
+    args.out.write_text(json.dumps({"env": env, "rows": rows, "accuracy": accuracy}, indent=2) + "\n")
     print()
     print(table(rows))
+    if accuracy:
+        print()
+        print(int8_table(rows, accuracy))
     print(f"\nwrote {args.out}")
+
+
+def accuracy_rows(models: list[str], image_size: int, epochs: int) -> list[dict]:
+    """Train each model from scratch on the demo's videos and export it with INT8 (`bench/_accuracy.py`)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _accuracy import demo_labels, train_and_export
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="distill-bench-acc-") as tmp:
+        labels, plan = demo_labels(Path(tmp) / "demo")
+        for name in models:
+            row = train_and_export(name, labels, plan, Path(tmp), image_size, epochs)
+            print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+            rows.append(row)
+    return rows
+
+
+def int8_table(rows: list[dict], accuracy: list[dict]) -> str:
+    """Markdown: held-out accuracy on the demo, INT8 agreement, and Student fps fp32 vs INT8 at 224 px."""
+    speed = {(r["model"], r["precision"], r["batch"]): r["student"] for r in rows}
+    head = ["model", "demo acc (fp32)", "int8 agrees", "int8 float nodes", "fp32 fps b1", "int8 fps b1"]
+    head += ["fp32 fps b16", "int8 fps b16"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for a in accuracy:
+        m = a["model"]
+        acc = "n/a" if a["accuracy"] is None else f"{a['accuracy']:.1%}"
+        cells = [m, acc, f"{a['int8_agreement']:.1%} ({a['int8_method']})", a["float_nodes"]]
+        cells += [speed.get((m, p, b), "") for b in (1, 16) for p in ("fp32", "int8")]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
 
 
 HEADER = ["model", "precision", "batch", "student", "session", "eager", "student/session", "student/eager"]

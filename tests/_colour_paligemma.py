@@ -6,8 +6,8 @@ vLLM needs what the random test model (`tests/_tiny_paligemma.py`) does not give
 training steps on generated images (a dominant colour with clutter of other colours) teach it to say the colour:
 tests can then check answers, not just shapes.
 
-Training mixes the two attentions the model is served with: PaliGemma's bidirectional prefix (transformers,
-the in-process teacher) and plain causal attention (vLLM on CPU), so both answer the colour confidently.
+Training mixes the two attentions the model is run with: PaliGemma's bidirectional prefix (transformers, the
+in-process teacher) and plain causal attention (vLLM on CPU), so both answer the colour confidently.
 
 Used by tests/test_openai_teacher.py (the opt-in real vLLM test) and bench/teacher.py. This module does not
 start a server and does not test anything.
@@ -66,10 +66,10 @@ def _model(vocab: int, image_token: int):
     config = PaliGemmaConfig(
         vision_config={
             "model_type": "siglip_vision_model",
-            "hidden_size": 64,
-            "intermediate_size": 128,
+            "hidden_size": 32,
+            "intermediate_size": 64,
             "num_hidden_layers": 2,
-            "num_attention_heads": 2,  # head_dim 32 here too
+            "num_attention_heads": 2,
             "image_size": IMAGE_SIZE,
             "patch_size": PATCH_SIZE,
             "vision_use_head": False,

@@ -285,8 +285,8 @@ def _real_clip(path: Path, fps: float = 4.0) -> Path:
 
 
 def _reference_probs(model_dir: Path, frames: list[np.ndarray], prompt: str, texts: list[str]) -> np.ndarray:
-    """transformers on the same pixels with vLLM's attention (image tokens bidirectional, text causal):
-    log p(class tokens + <eos>), renormalised. (B, K)"""
+    """transformers on the same pixels with vLLM's attention on CPU (plain causal, where transformers makes image
+    and prompt one bidirectional block): log p(class tokens + <eos>), renormalised. (B, K)"""
     import torch
     from transformers import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
 
@@ -300,7 +300,9 @@ def _reference_probs(model_dir: Path, frames: list[np.ndarray], prompt: str, tex
             batch = processor(images=[rgb], text=["<image>" + prompt], return_tensors="pt")
             tail = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
             ids = torch.cat([batch["input_ids"], torch.tensor([tail])], 1)
-            types = (ids != processor.image_token_id).long()  # 0 = one bidirectional block: the image tokens
+            # every token "suffix" (1): causal. (Without token_type_ids transformers would make the image tokens
+            # one bidirectional block, which vLLM on CPU does not.)
+            types = torch.ones_like(ids)
             with torch.no_grad():
                 logits = model(input_ids=ids, pixel_values=batch["pixel_values"], token_type_ids=types).logits
             lp = logits[0].float().log_softmax(-1)

@@ -139,14 +139,8 @@ class Store:
         bar: ProgressBar,
         tag: str,
     ) -> None:
-        self.writer, self.resume, self.ledger, self.summary, self.bar, self.tag = (
-            writer,
-            resume,
-            ledger,
-            summary,
-            bar,
-            tag,
-        )
+        self.writer, self.resume, self.ledger = writer, resume, ledger
+        self.summary, self.bar, self.tag = summary, bar, tag
         self.shards = len(writer.manifest["shards"])
         self.start = time.perf_counter()
 
@@ -184,11 +178,13 @@ class Store:
 
     def _frame(self, row: dict[str, Any]) -> None:
         video, number, index = row["video"], int(row["chunk"]), int(row["frame_index"])
-        if not self.ledger.frame(video, number, index) or (video, index) in self.writer.done:
+        if not self.ledger.frame(video, number, index):
             return  # sent twice (a task Ray ran again)
         s = self.summary
         s.teacher_s += float(row["teacher_s"])
-        if row["state"] == UNCOVERED:
+        if (video, index) in self.writer.done:
+            s.frames_already_done += 1
+        elif row["state"] == UNCOVERED:
             s.skipped_uncovered += 1
         elif row["state"] == RETRY:
             s.frames_failed.append((video, index, str(row["info"])))
