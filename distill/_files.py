@@ -5,11 +5,20 @@ This module does not know any file format; callers pass bytes or a function that
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+
+@functools.cache
+def _umask() -> int:
+    """The process umask, read once (reading it means setting it, which is not thread-safe to repeat)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str | Callable[[BinaryIO], object]) -> Path:
@@ -23,6 +32,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str | Callable[[Bin
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file owner-only; give it what open() would
         with os.fdopen(fd, "wb") as fh:
             if callable(data):
                 data(fh)

@@ -73,7 +73,7 @@ from distill._cli_options import (
     overrides,
     task_config,
 )
-from distill.errors import DistillError
+from distill.errors import ConfigError, DistillError
 
 app = typer.Typer(
     name="distill",
@@ -178,7 +178,6 @@ def serve(
     ] = None,
     student: StudentOpt = DEFAULT_STUDENT,
     config: ConfigOpt = None,
-    classes: ClassesOpt = None,
     teacher: ServeTeacherOpt = None,
     question: QuestionOpt = None,
     teacher_model: TeacherModelOpt = None,
@@ -290,7 +289,8 @@ def label(
         ),
     ] = None,
 ) -> None:
-    """Label sampled frames with a teacher (PaliGemma or an annotations CSV); a rerun resumes where it stopped."""
+    """Label sampled frames with a teacher (PaliGemma, an OpenAI-compatible server, or an annotations CSV); a rerun
+    resumes where it stopped."""
     from distill.label import run_label
 
     cfg = task_config(label, locals())
@@ -338,6 +338,8 @@ def _label_preview(videos: list[str], out: Path, cfg: Any, n: int) -> None:
         f"unmatched {report.summary['unmatched']}" + (f"; no answer for {p.skipped}" if p.skipped else ""),
         f"no label set written; look at {report.files['review.html']}",
     ]
+    if p.failures:
+        lines.append(f"{len(p.failures)} not previewed: " + "; ".join(p.failures[:3]))
     for line in lines:
         out_console.print(line, highlight=False, markup=False, soft_wrap=True)
 
@@ -352,7 +354,9 @@ def review(
     truth: TruthOpt = None,
     apply: Annotated[
         Path | None,
-        typer.Option("--apply", help="A review.csv with `corrected` filled in: store those labels in LABELS."),
+        typer.Option(
+            "--apply", help="A review.csv with `corrected` filled in: store those labels in LABELS (use alone)."
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for review.html and review.csv.")] = Path(
         "runs/review"
@@ -363,6 +367,9 @@ def review(
     from distill.evaluate.review import apply_review, run_review
 
     if apply is not None:
+        given = [flag for flag, value in (("--student", student), ("--truth", truth)) if value is not None]
+        if given:
+            raise ConfigError(f"--apply stores corrections only; run {', '.join(given)} without --apply")
         counts = apply_review(labels, apply)
         out_console.print(
             f"applied {counts['corrections']} correction(s) to {labels}: {counts['changed']} new or changed, "

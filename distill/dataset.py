@@ -161,6 +161,8 @@ class LabelSetWriter:
             self.manifest = read_manifest(self.directory)
             self._check_compatible()
         else:
+            if (self.directory / CORRECTIONS).exists():
+                logger.warning("starting %s afresh drops %s (a person's corrections)", self.directory, CORRECTIONS)
             for old in [*self.directory.glob("shard-*.parquet"), self.directory / CORRECTIONS]:
                 old.unlink(missing_ok=True)
             self.manifest = {

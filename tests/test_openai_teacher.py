@@ -319,8 +319,8 @@ def _reference_probs(model_dir: Path, frames: list[np.ndarray], prompt: str, tex
 def test_label_through_a_real_vllm_server(vllm_server, tmp_path, monkeypatch):
     from _colour_paligemma import COLOURS as NAMES
 
-    from distill.decode import sample_frames
     from distill.label import build_prompt
+    from distill.label._openai import OpenAITeacher
     from distill.video import resize_short_side
 
     url, model_dir = vllm_server
@@ -329,6 +329,15 @@ def test_label_through_a_real_vllm_server(vllm_server, tmp_path, monkeypatch):
     colours, real = _colour_video(tmp_path / "colours.mp4"), _real_clip(tmp_path / "real.mp4")
     common = ["--classes", ",".join(NAMES), "--fps", "2", "--no-dedup", "--config", str(task)]
     served = ["--teacher", "openai", "--teacher-url", url, "--teacher-model", "colour-pg", "--concurrency", "8"]
+    sent = {}  # (video, frame index) -> the RGB pixels sent to the server (a PNG: lossless)
+    image_url = OpenAITeacher._image_url
+
+    def recording(self, frame):
+        image = resize_short_side(frame.image, self.input_size) if self.input_size else frame.image
+        sent[(frame.video, frame.frame_index)] = np.ascontiguousarray(image[..., ::-1])
+        return image_url(self, frame)
+
+    monkeypatch.setattr(OpenAITeacher, "_image_url", recording)
     runner = CliRunner()
     for clip, out, teacher in [
         (colours, "served", served),
@@ -344,11 +353,8 @@ def test_label_through_a_real_vllm_server(vllm_server, tmp_path, monkeypatch):
     agree = np.mean([x == y for x, y in zip(a["label"], b["label"])])
     gap = np.abs(np.array(a["probs"]) - np.array(b["probs"])).max()
     cfg = load_config(task, overrides={"classes": ",".join(NAMES)})
-    pixels = {
-        f.frame_index: np.ascontiguousarray(resize_short_side(f.image, 32)[..., ::-1])
-        for f in sample_frames(real, fps=2.0)
-    }
-    ref = _reference_probs(model_dir, [pixels[i] for i in r["frame_index"]], build_prompt(cfg), list(NAMES))
+    pixels = [sent[key] for key in zip(r["video"], r["frame_index"])]
+    ref = _reference_probs(model_dir, pixels, build_prompt(cfg), list(NAMES))
     real_gap = np.abs(np.array(r["probs"]) - ref).max()
     print(
         f"vLLM: right {right:.3f}, agree with in-process {agree:.3f}, prob gap {gap:.4f}; real clip gap {real_gap:.2e}"

@@ -24,7 +24,7 @@ import pyarrow as pa
 from distill.config import TaskConfig
 from distill.dataset import LABEL_SCHEMA, decode_image, label_row
 from distill.errors import TeacherError, VideoError, first_line, is_out_of_memory
-from distill.label._teacher import Teacher, build_teacher, teacher_tag
+from distill.label._teacher import Teacher, TeacherFailure, build_teacher, teacher_tag
 from distill.video import Frame, VideoFile, encode_jpeg, find_videos, probe, resize_short_side
 
 PREVIEW_BATCH = 24  # frames per teacher call
@@ -156,8 +156,10 @@ def run_preview(
     preview.seconds = time.perf_counter() - start
     rows = []
     for frame, jpeg, answer in zip(frames, jpegs, answers):
-        if answer is None:
+        if answer is None or isinstance(answer, TeacherFailure):
             preview.skipped += 1
+            if answer is not None:
+                preview.failures.append(f"{frame.video} frame {frame.frame_index}: {answer.reason}")
             continue
         rows.append(label_row(frame.video, frame.frame_index, frame.timestamp_s, jpeg, answer.label,
                               answer.probs, teacher=tag, raw=answer.raw))  # fmt: skip

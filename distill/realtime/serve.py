@@ -105,10 +105,10 @@ def run_serve(
     student = _load_student(student)
     run = _Run(parsed, student, cfg, teacher=teacher, fast=fast, stats_every_s=stats_every_s)
     http = http if http is not None else cfg.serve.http
-    run.open_outputs(display=display, events=events, hard_examples=hard_examples, http=http, http_token=http_token)
-    if run.web is not None and on_http is not None:
-        on_http(run.web.url)
     try:
+        run.open_outputs(display=display, events=events, hard_examples=hard_examples, http=http, http_token=http_token)
+        if run.web is not None and on_http is not None:
+            on_http(run.web.url)
         run.start()
         with _signals_stop(run):
             run.loop(max_seconds)
