@@ -42,8 +42,9 @@ sys.path.insert(0, str(ROOT / "tests"))  # clip and tiny-teacher builders live w
 from _h264 import ffmpeg_exe, make_h264  # noqa: E402
 
 from distill.config import load_config  # noqa: E402
-from distill.label import run_label  # noqa: E402
-from distill.sample import run_sample  # noqa: E402
+
+# run_sample and run_label are imported where they are used: decode workers are spawned processes, which import
+# this script again as their main module, and should pay for what `distill`'s own entry point costs, no more.
 
 RAY_ROW = "label --fps 1, annotations, --engine ray, {n} decode tasks"
 CLIPS = {  # name: (size, keyframe interval s, bitrate)
@@ -98,6 +99,8 @@ def today(paths: list[Path], fps: float) -> float:
 
 
 def sample(paths: list[Path], out: Path, **sampling) -> tuple[float, dict]:
+    from distill.sample import run_sample
+
     flags = {f"sampling.{k}": v for k, v in sampling.items()} | {"sampling.dedup": False}
     start = time.perf_counter()
     summary = run_sample(paths, out, load_config(overrides=flags))
@@ -106,6 +109,8 @@ def sample(paths: list[Path], out: Path, **sampling) -> tuple[float, dict]:
 
 
 def label(paths: list[Path], out: Path, teacher: dict, **sampling) -> tuple[float, dict]:
+    from distill.label import run_label
+
     flags = {f"sampling.{k}": v for k, v in sampling.items()} | {"sampling.dedup": False} | teacher
     start = time.perf_counter()
     summary = run_label(paths, out, load_config(overrides=flags), overwrite=True)

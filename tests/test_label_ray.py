@@ -181,6 +181,16 @@ def test_sigkill_of_the_driver_then_the_same_command(tmp_path, ray_address):
     assert read_manifest(tmp_path / "killed")["counts"] == read_manifest(tmp_path / "ref")["counts"]
 
 
+def test_a_teacher_that_fails_to_load_is_one_line_and_leaves_no_label_set(tmp_path, ray_address, videos):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("video,start_s,end_s,label\na.mp4,0,1,purple\n")
+    args = ["label", str(videos), "--classes", "a,b", "--annotations", str(csv), "--engine", "ray"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and "is not one of the classes" in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
 # --- without Ray -----------------------------------------------------------------------------------------------
 
 

@@ -75,7 +75,8 @@ class FeatureStudent(Student):
             )
         model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
         self.feature_name = name
-        self._feature_session = _session_from_bytes(model.SerializeToString(), threads, self.path)
+        # one session serves both: `predict` asks it for the logits only, `features` for both outputs
+        self.session = self._feature_session = _session_from_bytes(model.SerializeToString(), threads, self.path)
 
     def features(self, frames: Sequence[np.ndarray], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """(B, D) float32 features and (B, K) probabilities (in `classes` order) of BGR frames."""

@@ -166,12 +166,12 @@ class TeacherStage:
 
         rows = rows_of(batch)
         frames = [r for r in rows if r["kind"] == FRAME]
-        start = time.perf_counter()
         try:
             views = [decode_image(r["teacher_jpeg"] or r["jpeg"]) for r in frames]
             given = [
                 Frame(r["video"], int(r["frame_index"]), float(r["timestamp_s"]), v) for r, v in zip(frames, views)
             ]
+            start = time.perf_counter()
             answers = _answer(self.teacher, given, self) if given else []
         except Exception as exc:
             logger.exception("the teacher failed")

@@ -80,6 +80,8 @@ class Frames:
     async def next(self, number: int, last: Shown | None) -> Shown | None:
         """The source's shown frame once it differs from `last` (None when the run stops)."""
         self._waiting += 1
+        if last is None:  # a new client: the poller may have been idle, so what it saw last can be old
+            self.seen[number] = self.board.shown(number)
         if self._poller is None:
             self._poller = asyncio.create_task(self._poll())
         try:

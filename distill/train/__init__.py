@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from distill.train.checkpoint import (
-    CKPT_KEY,
+    CHECKPOINT_KEY,
     build_meta,
     create_student,
     load_student,
@@ -42,7 +42,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "CKPT_KEY",
+    "CHECKPOINT_KEY",
     "HeldOutSplit",
     "StudentMeta",
     "TrainSummary",

@@ -28,11 +28,7 @@ from distill.train.meta import CHECKPOINT_KEY, StudentMeta
 if TYPE_CHECKING:
     from torch import nn
 
-CKPT_KEY = CHECKPOINT_KEY
 STATE_PREFIX = "model."
-RESIZE = "squash"
-INTERPOLATION = "bilinear"
-CHANNEL_ORDER = "RGB"
 
 
 def preprocessing(model: nn.Module | str, image_size: int) -> dict[str, Any]:
@@ -54,10 +50,7 @@ def preprocessing(model: nn.Module | str, image_size: int) -> dict[str, Any]:
         "image_size": int(image_size),
         "mean": tuple(float(x) for x in data["mean"]),
         "std": tuple(float(x) for x in data["std"]),
-        "channel_order": CHANNEL_ORDER,
-        "resize": RESIZE,
-        "interpolation": INTERPOLATION,
-    }
+    }  # channel order, resize and interpolation: StudentMeta's defaults (RGB, squash, bilinear)
 
 
 def build_meta(classes: Sequence[str], model: str, image_size: int, **fields: Any) -> StudentMeta:
@@ -91,7 +84,7 @@ def save_student(model: nn.Module, meta: StudentMeta, path: str | os.PathLike[st
     if not isinstance(meta, StudentMeta):
         raise TrainError(f"{path}: save_student takes a StudentMeta; build one with distill.train.build_meta")
     state = {STATE_PREFIX + k: v.detach().cpu() for k, v in model.state_dict().items()}
-    checkpoint = {"state_dict": state, CKPT_KEY: meta.to_dict()}
+    checkpoint = {"state_dict": state, CHECKPOINT_KEY: meta.to_dict()}
     return write_atomic(path, lambda fh: torch.save(checkpoint, fh))
 
 
@@ -110,9 +103,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise TrainError(
             f"cannot read checkpoint {path} ({first_line(exc)}); point at a student.ckpt from `distill train`"
         ) from None
-    if not isinstance(ckpt, dict) or CKPT_KEY not in ckpt or "state_dict" not in ckpt:
+    if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
         raise TrainError(
-            f"{path} is not a distill student checkpoint (no {CKPT_KEY!r} meta); use one `distill train` wrote"
+            f"{path} is not a distill student checkpoint (no {CHECKPOINT_KEY!r} meta); use one `distill train` wrote"
         )
     return ckpt
 
@@ -120,7 +113,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 def meta_of(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> StudentMeta:
     """The `StudentMeta` stored in a checkpoint dict (`read_checkpoint`); `TrainError` if it is unreadable."""
     try:
-        return StudentMeta.from_dict(ckpt[CKPT_KEY], path)
+        return StudentMeta.from_dict(ckpt[CHECKPOINT_KEY], path)
     except ExportError as exc:
         raise TrainError(str(exc)) from None
 
@@ -152,7 +145,7 @@ def load_student(path: str | os.PathLike[str]) -> tuple[nn.Module, StudentMeta]:
 
 
 __all__ = [
-    "CKPT_KEY",
+    "CHECKPOINT_KEY",
     "build_meta",
     "create_student",
     "load_student",

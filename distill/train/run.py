@@ -40,7 +40,7 @@ from distill.errors import ConfigError, TrainError
 from distill.train._models import check_input_size, check_min_size, check_model_name, create_timm
 from distill.train.audit import audit_labels
 from distill.train.cache import CachedFrames, build_cache
-from distill.train.checkpoint import CKPT_KEY, build_meta, meta_of, read_checkpoint, read_meta
+from distill.train.checkpoint import CHECKPOINT_KEY, build_meta, meta_of, read_checkpoint, read_meta
 from distill.train.data import TRAIN, VAL, Rows, load_rows, make_splits
 from distill.train.meta import HeldOutSplit, StudentMeta
 from distill.train.metrics import predict, student_metrics
@@ -325,7 +325,7 @@ def _measure(
     epoch = ckpt.get("epoch")
     metrics["best_epoch"] = epoch
     recorded = {k: metrics[k] for k in ("agreement", "accuracy", "macro_f1", "frames")}
-    ckpt[CKPT_KEY] = meta_of(ckpt, best).replace(metrics=recorded).to_dict()
+    ckpt[CHECKPOINT_KEY] = meta_of(ckpt, best).replace(metrics=recorded).to_dict()
     write_atomic(best, lambda fh: torch.save(ckpt, fh))
     return metrics, epoch
 
