@@ -8,7 +8,8 @@ holding the prompt token and the top-k, image-token positions included; `top_log
 20 or -1 are HTTP 400; `<eos>` appears as "<eos>"; generated `token_ids` end with EOS; under
 `structured_outputs: {"choice": [...]}` the log-probs are renormalised over the allowed tokens, which include
 non-canonical splits of the choices, and masked tokens show -9999. `hosted=True` instead answers like a hosted
-API: unknown (vLLM-only) parameters are HTTP 400 and nothing is appended.
+API: unknown (vLLM-only) parameters are HTTP 400, nothing is appended, and a JSON-schema `response_format`
+with an `answer` enum gives `{"answer": "<class>"}`.
 
 The toy model (`ToyVLM`): greedy longest-match tokens over a small vocabulary (words, then single characters),
 next-token log-probs from the previous two tokens and the image's mean colour. `class_probs` chains it exactly
@@ -35,7 +36,8 @@ import numpy as np
 SPECIALS = ["<pad>", "<eos>", "<bos>", "\n", "<image>"]
 WORDS = ["answer", " en", " which", " of", " these", " best", " describes", " the", " image", ":", ",", " or", "?"]
 WORDS += ["cat", "dog", "bird", "idle", " warning", "run", "ning", "stop", "ped", " light", "red", "blue", "green"]
-CHARS = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [" ", "-", "!", "."]
+CHARS = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [" ", "-", "!", ".", "{", "}", '"']
+JSON_HEAD, JSON_TAIL = '{"answer": "', '"}'  # around the value of a JSON-schema enum answer
 IMAGE_TOKENS = 4
 EOS, BOS, NEWLINE, IMAGE = 1, 2, 3, 4
 
@@ -107,10 +109,12 @@ class FakeServer:
         model: str = "toy-vlm",
         api_key: str | None = None,
         hosted: bool = False,
-        seed: int = 0,
+        seed: int = 4,  # a seed where the tests' frames resolve "idle" / "idle warning" both ways
         instant: bool = False,
+        json_schema: bool = True,
     ) -> None:
         self.model, self.api_key, self.hosted, self.instant = model, api_key, hosted, instant
+        self.json_schema = json_schema  # hosted: takes a JSON-schema response_format
         self.vlm = ToyVLM(seed)
         self.faults: list[str] = []
         self.faults_after = 0  # chat requests answered normally before the faults start (e.g. a client's probe)
@@ -119,6 +123,7 @@ class FakeServer:
         self.chat_requests = 0
         self.faults_served: list[str] = []
         self.authorizations: set[str] = set()
+        self.image_types: set[str] = set()  # the data URLs' media types
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._canned: bytes | None = None
@@ -158,6 +163,7 @@ class FakeServer:
         if self.hosted:
             extra = sorted(set(body) & {"prompt_logprobs", "continue_final_message", "structured_outputs"})
             extra += sorted(set(body) & {"return_token_ids", "add_generation_prompt", "return_tokens_as_token_ids"})
+            extra += [] if self.json_schema else sorted(set(body) & {"response_format"})
             if extra:
                 msg = f"Unrecognized request argument supplied: {extra[0]}"
                 return 400, {"error": {"message": msg, "type": "invalid_request_error", "code": None}}
@@ -187,7 +193,9 @@ class FakeServer:
                 if part["type"] == "text":
                     text += part["text"]
                 elif part["type"] == "image_url":
-                    data = base64.b64decode(part["image_url"]["url"].split(",", 1)[1])
+                    head, body64 = part["image_url"]["url"].split(",", 1)
+                    self.image_types.add(head.removeprefix("data:").split(";")[0])
+                    data = base64.b64decode(body64)
                     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
                     image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         if image is None:
@@ -211,26 +219,42 @@ class FakeServer:
         return ok
 
     def _generate(self, mean: np.ndarray, ids: list[int], body: dict) -> dict:
+        """Greedy answer; under vLLM's `choice` or a JSON-schema enum (`{"answer": ...}`, its syntax forced)
+        the value is constrained and its log-probs renormalised over the allowed tokens."""
         choices = (body.get("structured_outputs") or {}).get("choice")
-        as_ids = bool(body.get("return_tokens_as_token_ids"))
-        k = int(body.get("top_logprobs") or 0)
+        schema = (body.get("response_format") or {}).get("json_schema", {}).get("schema", {})
+        enum = schema.get("properties", {}).get("answer", {}).get("enum")
+        as_ids, k = bool(body.get("return_tokens_as_token_ids")), int(body.get("top_logprobs") or 0)
         ctx, out, content, text = list(ids), [], [], ""
-        finish = "length"
-        for _ in range(int(body.get("max_tokens") or 16)):
+        finish, budget = "length", int(body.get("max_tokens") or 16)
+
+        def emit(tok: int, lp: np.ndarray) -> None:
+            out.append(tok)
+            item = {"token": self._token(tok, as_ids), "logprob": float(lp[tok])}
+            content.append(item | {"top_logprobs": self._top(lp, k, as_ids)})
+            ctx.append(tok)
+
+        def forced(piece: str) -> None:
+            for tok in self.vlm.tokenize(piece):
+                emit(tok, np.where(np.arange(len(self.vlm.vocab)) == tok, 0.0, -9999.0))
+
+        if enum:
+            forced(JSON_HEAD)
+        while len(out) < budget:
             lp = self.vlm.logprobs(mean, ctx)
-            if choices:
-                allowed = self._allowed(text, choices)
+            if choices or enum:
+                allowed = self._allowed(text, choices or enum)
                 lp = np.where(allowed, lp - np.log(np.exp(lp[allowed]).sum()), -9999.0)
             tok = int(np.argmax(lp))
-            out.append(tok)
-            content.append(
-                {"token": self._token(tok, as_ids), "logprob": float(lp[tok]), "top_logprobs": self._top(lp, k, as_ids)}
-            )
+            if tok == EOS and enum:
+                forced(JSON_TAIL)
+            emit(tok, lp)
             if tok == EOS:
                 finish = "stop"
                 break
             text += self.vlm.vocab[tok]
-            ctx.append(tok)
+        if enum:
+            text = JSON_HEAD + text + (JSON_TAIL if finish == "stop" else "")
         message = {"role": "assistant", "content": text}
         answer = {"index": 0, "message": message, "finish_reason": finish, "stop_reason": None}
         answer["logprobs"] = {"content": content} if body.get("logprobs") else None

@@ -17,7 +17,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from _openai_server import EOS, FakeServer
+from _openai_server import EOS, JSON_HEAD, FakeServer
 from conftest import solid_frames
 from typer.testing import CliRunner
 
@@ -70,8 +70,10 @@ def test_prompt_logprobs_reproduce_the_exact_class_distribution(classes):
     assert teacher.describe()["stats"]["soft_labels"] == "prompt-logprobs"
 
 
-def _first_token_probs(server: FakeServer, frame: Frame, prompt: str, texts: list[str]) -> np.ndarray:
-    ids = server.vlm.prompt_ids(prompt)
+def _first_token_probs(server: FakeServer, frame: Frame, prompt: str, texts: list[str], after: str = "") -> np.ndarray:
+    """The toy model's first-token distribution over the classes' first tokens, after `prompt` (which ends with
+    "\n", so nothing is appended) and `after` (the start of a JSON answer)."""
+    ids = server.vlm.prompt_ids(prompt) + server.vlm.tokenize(after) if after else server.vlm.prompt_ids(prompt)
     lp = server.vlm.logprobs(_rgb(frame).reshape(-1, 3).mean(0), ids)
     first = np.array([lp[server.vlm.tokenize(t)[0]] for t in texts])
     e = np.exp(first - first.max())
@@ -85,7 +87,7 @@ def test_first_token_is_exact_only_for_distinct_one_token_classes():
         answers = exact.label(frames)
         shared = build_teacher(_cfg(server, "idle,idle warning,running", "first-token"))
         shared.label(frames)
-    assert exact.plan.choice and exact.approximate == 0
+    assert exact.plan.constraint == "choice" and exact.approximate == 0
     for frame, answer in zip(frames, answers):
         # the choice constraint renormalises the server's log-probs; the class ratios, and so this, stay exact
         np.testing.assert_allclose(
@@ -95,20 +97,32 @@ def test_first_token_is_exact_only_for_distinct_one_token_classes():
     assert shared.approximate == len(frames)  # "idle" is both classes' first token; "running" is two tokens
 
 
-def test_hosted_api_gets_first_token_without_constraint_and_counts_unmatched():
+def test_hosted_api_gets_first_token_under_a_json_schema_enum():
+    frames = _frames()
     with FakeServer(hosted=True) as server:
         teacher = build_teacher(_cfg(server, "red,blue,green,cat"))
-        answers = teacher.label(_frames())
+        answers = teacher.label(frames)
         too_many = httpx.post(
             server.url + "/chat/completions", json={"model": "toy-vlm", "messages": [], "top_logprobs": 21}
         )
-    assert teacher.plan.method == "first-token" and not teacher.plan.choice
+    assert teacher.plan.method == "first-token" and teacher.plan.constraint == "json"
     assert too_many.status_code == 400  # the cap the teacher stays under
+    assert teacher.approximate == 0
+    for frame, answer in zip(frames, answers):
+        assert answer.label in teacher.classes and answer.raw == answer.label
+        expected = _first_token_probs(server, frame, teacher.prompt, teacher.texts, after=JSON_HEAD)
+        np.testing.assert_allclose(answer.probs, expected, atol=1e-6)
+
+
+def test_without_a_constraint_an_answer_outside_the_classes_is_unmatched():
+    with FakeServer(hosted=True, json_schema=False) as server:
+        teacher = build_teacher(_cfg(server, "red,blue,green,cat"))
+        answers = teacher.label(_frames())
+    assert teacher.plan.method == "first-token" and teacher.plan.constraint is None
     assert all(isinstance(a, TeacherAnswer) for a in answers)
-    labels = [a.label for a in answers]
     for answer in answers:  # a free answer outside the classes is unmatched, never guessed
         assert (answer.label is None) == (answer.raw not in ("red", "blue", "green", "cat"))
-    assert None in labels or len(set(labels)) > 1
+    assert None in [a.label for a in answers]
 
 
 def test_none_is_one_hot_and_recorded_as_hard_labels():
@@ -116,7 +130,7 @@ def test_none_is_one_hot_and_recorded_as_hard_labels():
         teacher = build_teacher(_cfg(server, "cat,dog,bird", "none"))
         answers = teacher.label(_frames(3))
     assert all(sorted(a.probs.tolist()) == [0.0, 0.0, 1.0] for a in answers)
-    assert teacher.describe()["stats"] == {"soft_labels": "none", "hard_labels": True, "choice_constraint": True}
+    assert teacher.describe()["stats"] == {"soft_labels": "none", "hard_labels": True, "constraint": "choice"}
 
 
 @pytest.mark.parametrize("soft", ["auto", "first-token"])
@@ -205,6 +219,18 @@ def test_startup_errors_are_one_line_and_name_the_fix(monkeypatch):
     with pytest.raises(TeacherError, match="cannot reach the teacher server"):
         build_teacher(load_config(overrides={"classes": "cat,dog", "teacher.backend": "openai", "teacher.url": url}))
     assert "sk-wrong-key" not in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_frames_go_as_png_by_default_or_jpeg_and_rgb():
+    frames = _frames(2)
+    with FakeServer() as server:
+        png = build_teacher(_cfg(server, "cat,dog", "none"))
+        png.label(frames)
+        assert server.image_types == {"image/png"}
+        jpeg = build_teacher(_cfg(server, "cat,dog", "none", **{"teacher.image_format": "jpeg"}))
+        jpeg.label(frames)
+    assert server.image_types == {"image/png", "image/jpeg"}
+    # (RGB, not BGR: the exact-distribution tests above would fail with swapped channels)
 
 
 def test_the_description_has_no_credentials(monkeypatch):

@@ -7,11 +7,12 @@ Soft labels, `teacher.soft_labels`:
   the prompt log-probs give log p(class tokens + end of answer), renormalised over the classes (the in-process
   teacher's quantity), and the label is the greedy walk of the class-token trie, as in-process. Needs no
   constraint: no text is generated.
-- `first-token`: one request; the label is the generated answer (under the server's choice constraint where it
-  has one, validated anyway: an answer outside the classes is retried under the constraint, unmatched without
-  it); the probabilities come from the first answer token's top-k. Under vLLM's choice constraint the returned
-  log-probs are renormalised over the allowed tokens, which leaves the ratios between classes, and so the
-  renormalised class distribution, unchanged.
+- `first-token`: one request; the label is the generated answer (under the server's constraint where it has
+  one: vLLM's `choice`, else a JSON-schema enum as hosted APIs take; validated anyway: an answer outside the
+  classes is retried under a constraint, unmatched without one); the probabilities come from the first answer
+  token's top-k (for JSON, the first token of the answer's value). Under a constraint the returned log-probs
+  are renormalised over the allowed tokens, which leaves the ratios between classes, and so the renormalised
+  class distribution, unchanged.
 - `none`: the generated answer only; probabilities are one-hot and the label set says it is hard-labelled.
 - `auto`: probe once at start: prompt-logprobs where the server can, else first-token, else none.
 
@@ -71,7 +72,7 @@ class _Plan:
     """What the start-up probe found out about the server."""
 
     method: str
-    choice: bool = False  # the server takes vLLM's `structured_outputs: {"choice": [...]}`
+    constraint: str | None = None  # "choice" (vLLM's structured_outputs), "json" (a JSON-schema enum), or none
     spans: list[ans.ClassSpan] = field(default_factory=list)  # prompt-logprobs: each class's tokens
     end_token: int = -1  # prompt-logprobs: the end-of-answer token
     trie: ClassTrie | None = None
@@ -104,7 +105,7 @@ class OpenAITeacher:
     def describe(self) -> dict[str, Any]:
         """The config's description plus, under `stats` (not compared on resume), what the server gave."""
         stats = {"soft_labels": self.plan.method, "hard_labels": self.plan.method == "none"}
-        stats["choice_constraint"] = self.plan.choice
+        stats["constraint"] = self.plan.constraint
         return {**self._description, "stats": stats}
 
     def close(self) -> None:
@@ -145,9 +146,9 @@ class OpenAITeacher:
             "top_logprobs": TOP_K,
         }
 
-    def _answer_body(self, url: str, logprobs: bool, choice: bool) -> dict[str, Any]:
-        # A choice grammar admits non-canonical splits (one character a token at worst): room for those.
-        longest = max(len(t) for t in self.texts) + 1 if choice else 0
+    def _answer_body(self, url: str, logprobs: bool, constraint: str | None) -> dict[str, Any]:
+        # A grammar admits non-canonical splits (one character a token at worst), JSON adds its syntax: room.
+        longest = max(len(t) for t in self.texts) + (16 if constraint == "json" else 1) if constraint else 0
         body: dict[str, Any] = {
             "model": self.model,
             "messages": self._messages(url),
@@ -156,8 +157,10 @@ class OpenAITeacher:
         }
         if logprobs:
             body |= {"logprobs": True, "top_logprobs": TOP_K}
-        if choice:
+        if constraint == "choice":
             body["structured_outputs"] = {"choice": list(self.texts)}
+        elif constraint == "json":
+            body["response_format"] = ans.json_enum_format(self.texts)
         return body
 
     # --- start-up -------------------------------------------------------------------------------------------
@@ -178,12 +181,13 @@ class OpenAITeacher:
                     "(vLLM does); use --soft-labels first-token or none"
                 )
         logprobs = wanted in ("auto", "first-token")
-        for choice, lp in ((True, logprobs), (False, logprobs), (False, False)):
-            result = self.client.post_many(_PATH, [self._answer_body(url, lp, choice)], _answer_check(lp))[0]
+        tries = [("choice", logprobs), ("json", logprobs), (None, logprobs), (None, False)]
+        for constraint, lp in tries:
+            result = self.client.post_many(_PATH, [self._answer_body(url, lp, constraint)], self._check(lp))[0]
             if not isinstance(result, RequestFailed):
                 if logprobs and not lp and wanted == "first-token":
                     break
-                return _Plan("first-token" if lp else "none", choice=choice)
+                return _Plan("first-token" if lp else "none", constraint=constraint)
             if result.status != 400:
                 raise TeacherError(f"the server at {self.client.base_url} cannot answer: {result}; check it")
         raise TeacherError(
@@ -193,8 +197,8 @@ class OpenAITeacher:
     def _probe_prompt_logprobs(self, url: str) -> _Plan | None:
         """Find each class's tokens and the end-of-answer token; None if the server cannot do this."""
         # An answer that ends, to learn the end-of-answer token: under the choice constraint it must end.
-        for choice in (True, False):
-            free = {**self._answer_body(url, False, choice), "return_token_ids": True, "max_tokens": 32}
+        for constraint in ("choice", None):
+            free = {**self._answer_body(url, False, constraint), "return_token_ids": True, "max_tokens": 32}
             done = self.client.post_many(_PATH, [free], lambda d: d)[0]
             if not isinstance(done, RequestFailed):
                 break
@@ -219,6 +223,17 @@ class OpenAITeacher:
         end = int(ids[-1])
         trie = ClassTrie.build([list(s.ids) for s in found], eos=end, names=self.classes)
         return _Plan("prompt-logprobs", spans=found, end_token=end, trie=trie)
+
+    def _check(self, logprobs: bool):
+        """A parser that accepts an answer with text (and log-probs, if asked) and returns it as it is."""
+
+        def check(data: dict[str, Any]) -> dict[str, Any]:
+            ans.answer_text(data)
+            if logprobs:
+                data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            return data
+
+        return check
 
     # --- labelling ------------------------------------------------------------------------------------------
 
@@ -273,33 +288,23 @@ class OpenAITeacher:
         return answers
 
     def _label_answers(self, urls: list[str]) -> list[TeacherAnswer | RequestFailed]:
-        logprobs, choice = self.plan.method == "first-token", self.plan.choice
+        logprobs, constraint = self.plan.method == "first-token", self.plan.constraint
 
         def parse(data: dict[str, Any]) -> TeacherAnswer:
-            raw = ans.answer_text(data).strip()
+            raw = ans.answer_text(data, constraint == "json").strip()
             k = match_class(raw, self.classes, self.texts)
-            if k is None and choice:
-                raise ans.BadAnswer(f"answer {raw[:40]!r} is outside the classes despite the choice constraint")
+            if k is None and constraint:
+                raise ans.BadAnswer(f"answer {raw[:40]!r} is outside the classes despite the constraint")
             label = None if k is None else self.classes[k]
             if not logprobs:
                 return TeacherAnswer(label, one_hot(k, len(self.classes)), raw)
-            top = data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            top = ans.answer_top_logprobs(data, constraint == "json")
             first = ans.first_token_logprobs(top, self.texts)
             self.approximate += not first.exact
             return TeacherAnswer(label, ans.softmax(first.logprobs), raw)
 
-        bodies = [self._answer_body(url, logprobs, choice) for url in urls]
+        bodies = [self._answer_body(url, logprobs, constraint) for url in urls]
         return self.client.post_many(_PATH, bodies, parse)
-
-
-def _answer_check(logprobs: bool):
-    def check(data: dict[str, Any]) -> dict[str, Any]:
-        ans.answer_text(data)
-        if logprobs:
-            data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-        return data
-
-    return check
 
 
 def api_key(cfg: TaskConfig) -> str | None:

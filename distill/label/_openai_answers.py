@@ -19,6 +19,7 @@ This module sends no request and holds no state.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -153,9 +154,45 @@ def softmax(logprobs: np.ndarray) -> np.ndarray:
     return (e / e.sum()).astype(np.float32)
 
 
-def answer_text(data: dict[str, Any]) -> str:
-    """The generated text of the first choice."""
+def answer_text(data: dict[str, Any], json_answer: bool = False) -> str:
+    """The generated text of the first choice (with `json_answer`, the `answer` field of the JSON it holds)."""
     content = data["choices"][0]["message"]["content"]
     if not isinstance(content, str):
         raise BadAnswer("the answer has no text")
-    return content
+    if not json_answer:
+        return content
+    try:
+        value = json.loads(content)["answer"]
+    except (ValueError, KeyError, TypeError):
+        raise BadAnswer(f"the answer {content[:60]!r} is not the JSON asked for") from None
+    return str(value)
+
+
+def json_enum_format(texts: Sequence[str]) -> dict[str, Any]:
+    """A `response_format` that constrains the answer to `{"answer": <one of texts>}` (a JSON-schema enum)."""
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "enum": list(texts)}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    return {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": schema}}
+
+
+def answer_top_logprobs(data: dict[str, Any], json_answer: bool = False) -> list[dict[str, Any]]:
+    """The top-k of the answer's first token: the first generated token, or, in a JSON answer, the token where
+    the `answer` value starts (a quote merged into that token is dropped from every candidate)."""
+    content = data["choices"][0]["logprobs"]["content"]
+    if not json_answer:
+        return content[0]["top_logprobs"]
+    text = "".join(str(t["token"]) for t in content)
+    key = text.find('"answer"')
+    start = text.find('"', text.find(":", key) + 1) + 1 if key >= 0 else 0
+    if key < 0 or start <= 0:
+        raise BadAnswer("no answer value in the JSON's tokens")
+    offset = 0
+    for token in content:
+        offset += len(str(token["token"]))
+        if offset > start:
+            return [{**t, "token": str(t["token"]).lstrip(' "')} for t in token["top_logprobs"]]
+    raise BadAnswer("the JSON answer's value has no token")
