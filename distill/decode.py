@@ -252,6 +252,32 @@ def plan_chunks(video: VideoFile, sampling: SamplingConfig, timeline: Timeline |
     return chunks
 
 
+def chunk_near(video: VideoFile, times_s: Sequence[float], timeline: Timeline | None = None) -> Chunk | None:
+    """A chunk holding the frame nearest each of `times_s` (container seconds), for reading a few frames by seeking.
+
+    The frames carry the same `frame_index` and `timestamp_s` a sampling run gives them. None for a video
+    without frames.
+    """
+    timeline = timeline if timeline is not None else read_timeline(video.path)
+    times = timeline.seconds()
+    if not len(times):
+        return None
+    wanted = np.unique(np.abs(times[None, :] - np.asarray(times_s, np.float64)[:, None]).argmin(axis=1))  # (M,)
+    key_positions = np.flatnonzero(timeline.keyframe)
+    before = key_positions[key_positions <= wanted[0]]
+    first_key = before[-1] if len(before) else 0
+    keys = key_positions[(key_positions >= first_key) & (key_positions <= wanted[-1])]
+    return Chunk(
+        video=video,
+        number=0,
+        start_s=0.0,
+        end_s=timeline.duration_s,
+        frames=tuple((int(i), int(timeline.pts[i]), float(times[i])) for i in wanted),
+        keyframes=tuple(int(timeline.pts[i]) for i in keys),
+        time_base=timeline.time_base,
+    )
+
+
 def sample_chunk(chunk: Chunk, sampling: SamplingConfig, stats: SampleStats | None = None) -> Iterator[Frame]:
     """Yield the frames of one chunk (BGR, full size), dedup applied within the chunk.
 

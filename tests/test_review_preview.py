@@ -97,3 +97,21 @@ def test_cli_preview_with_a_tiny_paligemma(tmp_path, tmp_path_factory):
     assert "previewed 6 frames in 1 teacher call(s)" in result.stdout and not out.exists()
     text = (tmp_path / "labels-preview" / "review.html").read_text()
     assert all(f"{c}: " in text for c in ("cat", "dog", "bird")) and "confidence " in text
+
+
+def test_preview_frames_carry_the_index_and_time_a_labelling_run_stores(tmp_path):
+    """The preview's frames are frames of the sampling timeline: same frame index, same timestamp, same pixels."""
+    from distill.decode import sample_frames
+    from distill.video import find_videos
+
+    videos, csv = clips(tmp_path)
+    cfg = load_config(overrides={"classes": "red,green,blue", "teacher.backend": "annotations",
+                                 "teacher.annotations": str(csv), "sampling.fps": 25, "sampling.dedup": False})  # fmt: skip
+    preview = run_preview([videos], cfg, 7, teacher=build_teacher(cfg, root=videos))
+    every = {}
+    for video in find_videos([videos])[0]:
+        every |= {(f.video, f.frame_index): f.timestamp_s for f in sample_frames(video, fps=25)}
+    rows = preview.table.to_pylist()
+    assert len(rows) == 7
+    for r in rows:
+        assert every[(r["video"], r["frame_index"])] == r["timestamp_s"]

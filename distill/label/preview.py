@@ -10,6 +10,7 @@ This module does not write label sets (see `_run.py`) and does not draw the page
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -17,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pyarrow as pa
 
-from distill.config import TaskConfig
+from distill.config import SamplingConfig, TaskConfig
 from distill.dataset import LABEL_SCHEMA, decode_image, label_row
+from distill.decode import chunk_near, media_end, read_timeline, sample_chunk
 from distill.errors import TeacherError, VideoError, first_line, is_out_of_memory
 from distill.label._teacher import Teacher, TeacherFailure, build_teacher, teacher_tag
 from distill.video import Frame, VideoFile, encode_jpeg, find_videos, probe, resize_short_side
@@ -59,24 +60,19 @@ def spread(durations: Sequence[float], n: int) -> list[int]:
     return (counts + 1).tolist()
 
 
-def _read_at(video: VideoFile, count: int, start_s: float, end_s: float | None) -> list[Frame]:
-    """`count` frames evenly spread over [start_s, end_s) of one video (centres of equal slices), by seeking."""
-    info = probe(video.path)
-    fps = info.fps if info.fps > 0 else 25.0
-    end = min(end_s, info.duration_s) if end_s else info.duration_s
-    times = start_s + (np.arange(count) + 0.5) * max(end - start_s, 0.0) / count
-    cap = cv2.VideoCapture(str(video.path))
-    frames = []
-    try:
-        for t in times:
-            index = int(t * fps)
-            cap.set(cv2.CAP_PROP_POS_FRAMES, index)
-            ok, image = cap.read()
-            if ok and image is not None:
-                frames.append(Frame(video.name, index, index / fps, image))
-    finally:
-        cap.release()
-    return frames
+def _read_at(video: VideoFile, count: int, sampling: SamplingConfig) -> list[Frame]:
+    """`count` frames evenly spread over the sampled span of one video (centres of equal slices), by seeking.
+
+    The frames carry the frame index and time a labelling run gives them.
+    """
+    timeline = read_timeline(video.path)
+    end = media_end(timeline, sampling)
+    times = sampling.start_s + (np.arange(count) + 0.5) * max(end - sampling.start_s, 0.0) / count
+    chunk = chunk_near(video, times, timeline)
+    if chunk is None:
+        return []
+    every = dataclasses.replace(sampling, dedup=False, keyframes=False, max_frames_per_video=None)
+    return list(sample_chunk(chunk, every))
 
 
 def preview_frames(inputs: Sequence[str | os.PathLike[str]], cfg: TaskConfig, n: int) -> tuple[list[Frame], list[str]]:
@@ -97,10 +93,13 @@ def preview_frames(inputs: Sequence[str | os.PathLike[str]], cfg: TaskConfig, n:
         except VideoError as exc:
             failed.append(f"{video.name}: {exc}")
     frames: list[Frame] = []
-    s = cfg.sampling
     for video, count in zip(readable, spread(durations, n)):
-        if count:
-            frames += _read_at(video, count, s.start_s, s.end_s)
+        if not count:
+            continue
+        try:
+            frames += _read_at(video, count, cfg.sampling)
+        except VideoError as exc:
+            failed.append(f"{video.name}: {exc}")
     if not frames:
         raise VideoError(f"no frame could be read from {', '.join(map(str, inputs))}; check the videos")
     return frames, failed
