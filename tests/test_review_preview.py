@@ -105,8 +105,8 @@ def test_preview_frames_carry_the_index_and_time_a_labelling_run_stores(tmp_path
     from distill.video import find_videos
 
     videos, csv = clips(tmp_path)
-    cfg = load_config(overrides={"classes": "red,green,blue", "teacher.backend": "annotations",
-                                 "teacher.annotations": str(csv), "sampling.fps": 25, "sampling.dedup": False})  # fmt: skip
+    flags = {"classes": "red,green,blue", "teacher.backend": "annotations", "teacher.annotations": str(csv)}
+    cfg = load_config(overrides=flags)
     preview = run_preview([videos], cfg, 7, teacher=build_teacher(cfg, root=videos))
     every = {}
     for video in find_videos([videos])[0]:

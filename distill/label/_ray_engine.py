@@ -177,8 +177,9 @@ class _Run:
         res = _resources(ray, cfg)
         summary.teacher_actors, summary.gpus_per_actor = res.teacher_actors, res.gpus_per_actor
         summary.workers = res.decode_cpus
-        plans = _submit_plans(ray, todo, cfg)  # planning runs while the teacher is probed
-        input_size, description = _probe(ray, cfg, self.root, res)
+        probe = _submit_probe(ray, cfg, self.root, res)  # first, so that it does not queue behind the plans
+        plans = _submit_plans(ray, todo, cfg)  # planning runs while the teacher is built
+        input_size, description = _probe_result(ray, probe, cfg)
         if self.writer is None:  # only now: a teacher that fails to load leaves no label set behind
             self.writer = LabelSetWriter(self.out, cfg.class_names, description, **self.opts)
         save_config(cfg, self.out / "config.yaml")
@@ -248,13 +249,16 @@ def _submit_plans(ray: Any, videos: Sequence[VideoFile], cfg: TaskConfig) -> dic
     return {remote.remote(video, cfg.sampling): video for video in videos}
 
 
-def _probe(ray: Any, cfg: TaskConfig, root: str | None, res: _Resources) -> tuple[int | None, dict[str, Any]]:
+def _submit_probe(ray: Any, cfg: TaskConfig, root: str | None, res: _Resources) -> Any:
     """Build the teacher once, where an actor would run: its input size (to pre-shrink frames to) and description."""
     options = {"num_cpus": res.cpus_per_actor, "num_gpus": res.gpus_per_actor, "max_retries": cfg.ray.max_retries}
     if res.gpus_per_actor:
         options["max_calls"] = 1  # its process exits after the call, so it keeps no GPU memory
-    remote = ray.remote(**options)(probe_teacher)
-    status, value = ray.get(remote.remote(cfg, root))
+    return ray.remote(**options)(probe_teacher).remote(cfg, root)
+
+
+def _probe_result(ray: Any, probe: Any, cfg: TaskConfig) -> tuple[int | None, dict[str, Any]]:
+    status, value = ray.get(probe)
     if status == "error":
         raise TeacherError(describe_error(value, cfg.teacher.backend))
     return value
