@@ -33,7 +33,6 @@ from distill.video import VideoFile, write_video
 
 runner = CliRunner()
 TESTS = Path(__file__).parent
-register_dying()  # on the driver too: it describes the teacher before any actor runs
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +122,18 @@ def test_ray_with_the_tiny_paligemma_equals_local(tmp_path, ray_address, videos,
     _same_label_sets(tmp_path / "ray", tmp_path / "local")
 
 
-def test_a_teacher_actor_killed_mid_run_loses_and_doubles_no_frame(tmp_path, ray_address, videos, segments):
+@pytest.fixture
+def dying_backend(monkeypatch):
+    """The `dying` teacher on the driver too (it describes the teacher before any actor runs), for one test only."""
+    from distill.label import _teacher
+
+    monkeypatch.setattr(_teacher, "_BACKENDS", dict(_teacher._BACKENDS))
+    register_dying()
+
+
+def test_a_teacher_actor_killed_mid_run_loses_and_doubles_no_frame(
+    tmp_path, ray_address, videos, segments, dying_backend
+):
     csv = tmp_path / "segments.csv"
     csv.write_text(segments.read_text())
     csv.with_suffix(".kill-once").touch()  # the `dying` teacher SIGKILLs its actor on its second batch

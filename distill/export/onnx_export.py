@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from distill._files import write_atomic
-from distill._progress import progress_bar
+from distill._progress import ProgressBar, progress_bar
 from distill.errors import DistillError, ExportError, first_line
 from distill.export._frames import CheckFrames, FrameSet, check_frames
 from distill.export.metadata import write_metadata
@@ -269,7 +269,7 @@ def _int8_variant(
     frames: CheckFrames,
     fp32_logits: np.ndarray,
     force: bool,
-    bar,
+    bar: ProgressBar,
 ) -> VariantReport:
     """The accuracy-aware INT8 copy (`_int8.search_int8`), its speed against fp32, then the agreement gate."""
     from distill.export._int8 import search_int8
@@ -318,10 +318,12 @@ def _check_variant(
     teacher = teacher_agreement(predicted, frames.teacher, list(meta.classes))
     if agree < MIN_AGREEMENT and not force:
         path.unlink(missing_ok=True)
-        best = f" at best ({len(found['search'])} INT8 candidates measured)" if found.get("search") else ""
+        tried = f" at best (< {MIN_AGREEMENT:.0%}, {len(found['search'])} INT8 candidates measured)"
+        plain = f" (< {MIN_AGREEMENT:.0%})"
         raise ExportError(
-            f"{precision} agrees with fp32 on only {agree:.1%} of {len(frames)} frames{best} "
-            f"(< {MIN_AGREEMENT:.0%}); use the fp32 student, or --force to keep the {precision} one anyway"
+            f"{precision} agrees with fp32 on only {agree:.1%} of {len(frames)} frames"
+            f"{tried if found.get('search') else plain}; use the fp32 student, or --force to keep the {precision} "
+            "one anyway"
         )
     variant = VariantReport(
         precision, path, agree, teacher, len(frames), calibration=calibration, forced=agree < MIN_AGREEMENT, **found

@@ -153,14 +153,17 @@ class TeacherStage:
     """
 
     def __init__(self, cfg: TaskConfig, root: str | None = None) -> None:
+        import cv2  # noqa: F401  (imported while the first chunks decode, not on the first batch's clock)
+
+        from distill.label._run import _answer
         from distill.label._teacher import build_teacher
 
+        self._answer = _answer
         self.teacher = build_teacher(cfg, root=root)
         self.k = len(cfg.classes)
         self.batch_size = cfg.teacher.batch_size  # lowered after an out-of-memory error
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from distill.label._run import _answer
         from distill.label._teacher import TeacherFailure
         from distill.video import Frame
 
@@ -172,7 +175,7 @@ class TeacherStage:
                 Frame(r["video"], int(r["frame_index"]), float(r["timestamp_s"]), v) for r, v in zip(frames, views)
             ]
             start = time.perf_counter()
-            answers = _answer(self.teacher, given, self) if given else []
+            answers = self._answer(self.teacher, given, self) if given else []
         except Exception as exc:
             logger.exception("the teacher failed")
             return _columns([{"kind": ERROR, "video": "", "info": f"{type(exc).__name__}: {first_line(exc)}"}], self.k)
