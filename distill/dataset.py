@@ -207,6 +207,11 @@ class LabelSetWriter:
         if len(self._rows) >= self.shard_rows:
             self.flush()
 
+    @property
+    def unsaved(self) -> int:
+        """Rows added but not yet in a shard (a kill now would lose them)."""
+        return len(self._rows)
+
     def add_many(self, rows: Iterable[Mapping[str, Any]]) -> None:
         for row in rows:
             self.add(row)

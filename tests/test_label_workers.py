@@ -170,3 +170,36 @@ def test_stopping_the_command_stops_every_worker_within_two_seconds(tmp_path, ho
     assert [pid for pid in workers if pid in _group_alive(proc.pid)] == []  # every worker gone within 2 s
     assert proc.wait(timeout=20) != 0  # the command stops too, having stored what it had
     assert _wait_gone(proc.pid, 2.0) == []
+
+
+def test_a_chunk_is_recorded_finished_only_once_a_shard_holds_all_its_rows(tmp_path, monkeypatch) -> None:
+    """Shards of 9 rows against batches of 8 and chunks of 20 frames: a flush falls inside the batch that ends a chunk. Every time the manifest records
+    finished chunks, all rows those chunks end up with must already be on disk (a SIGKILL then loses none)."""
+    from distill.dataset import LabelSetWriter, read_table
+
+    write_video(tmp_path / "videos" / "a.mp4", moving_frames(12.0, size=(48, 64)), 25)
+    csv = tmp_path / "segments.csv"
+    csv.write_text("video,start_s,end_s,label\na.mp4,0,13,a\n")
+    snapshots = []
+    real_update = LabelSetWriter.update
+
+    def spy(self, **fields):
+        if "finished" in fields:
+            table = read_table(self.directory, ["video", "frame_index"])
+            on_disk = set(zip(table.column("video").to_pylist(), table.column("frame_index").to_pylist()))
+            state = fields["finished"]
+            done = {(v, n) for v, entry in state["chunks"].items() for n in entry["numbers"]}
+            snapshots.append((done, set(state["videos"]), on_disk))
+        return real_update(self, **fields)
+
+    monkeypatch.setattr(LabelSetWriter, "update", spy)
+    args = ["label", str(tmp_path / "videos"), "--classes", "a,b", "--annotations", str(csv), "--fps", "10"]
+    args += ["--no-dedup", "--shard-rows", "9", "--batch-size", "8", "--workers", "1", "--chunk-seconds", "2"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "labels")])
+    assert result.exit_code == 0, result.output
+    rows = read_table(tmp_path / "labels", ["video", "frame_index", "timestamp_s"]).to_pylist()
+    assert len(rows) == 120 and len(snapshots) > 3
+    for chunks, videos, on_disk in snapshots:
+        for r in rows:
+            if r["video"] in videos or (r["video"], int(r["timestamp_s"] // 2)) in chunks:
+                assert (r["video"], r["frame_index"]) in on_disk

@@ -249,12 +249,18 @@ def _loop(
         summary.teacher_s += _label(teacher, producer, writer, summary, item, tag)
         summary.frames_already_done += item.already_done
         summary.video_s += item.video_s
-        pending.chunks_done += item.chunks_done
-        pending.videos_done += item.videos_done
-        if len(writer.manifest["shards"]) != shards:  # a shard was written: everything added so far is safe
-            shards = len(writer.manifest["shards"])
+        written = len(writer.manifest["shards"]) != shards
+        shards = len(writer.manifest["shards"])
+        if written and writer.unsaved:  # the shard holds every earlier batch's rows, maybe not all of this one's
             _commit(resume, pending, summary)
             pending = Batch()
+        pending.chunks_done += item.chunks_done
+        pending.videos_done += item.videos_done
+        safe = not writer.unsaved and (pending.chunks_done or pending.videos_done)  # every row added is in a shard
+        if safe:
+            _commit(resume, pending, summary)
+            pending = Batch()
+        if written or safe:
             writer.update(finished=resume.state())
         bar.advance(item.video_s)
         busy = summary.teacher_s / max(time.perf_counter() - start, 1e-9)
