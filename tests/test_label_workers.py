@@ -173,7 +173,8 @@ def test_stopping_the_command_stops_every_worker_within_two_seconds(tmp_path, ho
 
 
 def test_a_chunk_is_recorded_finished_only_once_a_shard_holds_all_its_rows(tmp_path, monkeypatch) -> None:
-    """Shards of 9 rows against batches of 8 and chunks of 20 frames: a flush falls inside the batch that ends a chunk. Every time the manifest records
+    """Shards of 9 rows, batches of 8, chunks of 20 frames: a flush falls inside the batch that ends a chunk.
+    Every time the manifest records
     finished chunks, all rows those chunks end up with must already be on disk (a SIGKILL then loses none)."""
     from distill.dataset import LabelSetWriter, read_table
 
