@@ -297,10 +297,7 @@ def label(
     if preview is not None:
         _label_preview(videos, out, cfg, preview)
         return
-    run = run_label
-    if cfg.engine == "ray":
-        from distill.label import run_label_ray as run
-    s = run(videos, out, cfg, overwrite=overwrite, show_progress=sys.stderr.isatty(), shard_rows=shard_rows)
+    s = run_label(videos, out, cfg, overwrite=overwrite, show_progress=sys.stderr.isatty(), shard_rows=shard_rows)
     per_class = ", ".join(f"{name} {s.per_class.get(name, 0)}" for name in cfg.class_names)
     lines = [
         f"labelled [bold]{s.frames_labelled}[/] frames in {s.seconds:.1f} s ({s.frames_per_s:.1f} frames/s) -> {out}",

@@ -8,6 +8,7 @@ and nothing else imports Ray. Failures are made on demand inside Ray's workers b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -27,7 +28,7 @@ from typer.testing import CliRunner
 from distill.cli import app
 from distill.config import load_config
 from distill.dataset import read_manifest, read_table
-from distill.label import run_label, run_label_ray
+from distill.label import RayLabelSummary, run_label, run_label_ray
 from distill.label._ray_driver import Ledger
 from distill.video import VideoFile, write_video
 
@@ -116,7 +117,8 @@ def test_ray_with_the_tiny_paligemma_equals_local(tmp_path, ray_address, videos,
     cfg = tiny_config(tiny_model, **{"teacher.batch_size": 4, "sampling.fps": 1, "sampling.chunk_s": 2.0})
     inputs = [videos / "a.mp4", videos / "cam"]
     local = run_label(inputs, tmp_path / "local", cfg)
-    ray = run_label_ray(inputs, tmp_path / "ray", cfg)
+    ray = run_label(inputs, tmp_path / "ray", dataclasses.replace(cfg, engine="ray"))  # the API honours `engine`
+    assert isinstance(ray, RayLabelSummary) and not isinstance(local, RayLabelSummary)
     assert ray.frames_labelled == local.frames_labelled == 6 + 5
     assert len({r["label"] for r in _rows(tmp_path / "ray")}) > 1  # the random teacher does tell frames apart
     _same_label_sets(tmp_path / "ray", tmp_path / "local")

@@ -4,7 +4,8 @@
   `teacher.label(frames) -> [TeacherAnswer(label, probs, raw) | None]`, `teacher.classes`,
   `teacher.input_size`, `teacher.describe()`. `teacher_backends()` lists the registered names;
   `register_teacher(name, build=..., describe=...)` adds one.
-- `run_label(inputs, out, cfg)`: the resumable, batched labelling run behind `distill label`.
+- `run_label(inputs, out, cfg)`: the resumable, batched labelling run behind `distill label`, on the engine
+  `cfg.engine` names (`run_label_local`, or `run_label_ray` on Ray).
 - `run_label_ray(inputs, out, cfg)`: the same run on a Ray cluster (`--engine ray`; needs `distill[ray]`).
 - `distill.label.annotations`: the `video,start_s,end_s,label` segments CSV (also ground truth for `compare`).
 
@@ -13,8 +14,9 @@ does not import torch, transformers or httpx; each backend loads what it needs w
 """
 
 from distill.label import _annotations_teacher, _openai, _paligemma_teacher  # noqa: F401  (they register backends)
+from distill.label._engine import run_label
 from distill.label._ray_engine import RayLabelSummary, run_label_ray
-from distill.label._run import LabelSummary, run_label
+from distill.label._run import LabelSummary, run_label_local
 from distill.label._teacher import (
     Teacher,
     TeacherAnswer,
@@ -42,6 +44,7 @@ __all__ = [
     "normalize_answer",
     "register_teacher",
     "run_label",
+    "run_label_local",
     "run_label_ray",
     "teacher_backends",
     "teacher_tag",

@@ -125,7 +125,7 @@ def _video_seconds(videos: Sequence[VideoFile]) -> float | None:
     return total or None
 
 
-def run_label(
+def run_label_local(
     inputs: Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
     cfg: TaskConfig,
@@ -154,7 +154,7 @@ def run_label(
         VideoError: no input is a readable video. TeacherError, DatasetError, ConfigError: one line each.
 
     Example:
-        >>> summary = run_label(["videos/"], "runs/labels", load_config("task.yaml"))  # doctest: +SKIP
+        >>> summary = run_label_local(["videos/"], "runs/labels", load_config("task.yaml"))  # doctest: +SKIP
         >>> summary.frames_labelled, summary.per_class  # doctest: +SKIP
     """
     cfg.require_classes()
