@@ -318,12 +318,12 @@ def _check_variant(
     teacher = teacher_agreement(predicted, frames.teacher, list(meta.classes))
     if agree < MIN_AGREEMENT and not force:
         path.unlink(missing_ok=True)
-        tried = f" at best (< {MIN_AGREEMENT:.0%}, {len(found['search'])} INT8 candidates measured)"
-        plain = f" (< {MIN_AGREEMENT:.0%})"
+        why = f" (< {MIN_AGREEMENT:.0%})"
+        if found.get("search"):  # INT8: the best of every candidate the search measured
+            why = f" at best (< {MIN_AGREEMENT:.0%}, {len(found['search'])} INT8 candidates measured)"
         raise ExportError(
-            f"{precision} agrees with fp32 on only {agree:.1%} of {len(frames)} frames"
-            f"{tried if found.get('search') else plain}; use the fp32 student, or --force to keep the {precision} "
-            "one anyway"
+            f"{precision} agrees with fp32 on only {agree:.1%} of {len(frames)} frames{why}; "
+            f"use the fp32 student, or --force to keep the {precision} one anyway"
         )
     variant = VariantReport(
         precision, path, agree, teacher, len(frames), calibration=calibration, forced=agree < MIN_AGREEMENT, **found
