@@ -112,7 +112,8 @@ def _put(results, item: object, stop) -> bool:
     return False
 
 
-def _encode(image, sampling: SamplingConfig, teacher_size: int | None) -> tuple[bytes, bytes | None]:
+def encode_frame(image, sampling: SamplingConfig, teacher_size: int | None) -> tuple[bytes, bytes | None]:
+    """(the JPEG a label set stores, the JPEG the teacher sees or None when it sees the stored one) of a BGR frame."""
     stored = resize_short_side(image, sampling.image_size)
     if teacher_size is None:
         return encode_jpeg(stored), None
@@ -130,7 +131,7 @@ def _sample(task: tuple, sampling: SamplingConfig, teacher_size: int | None, res
         if frame.frame_index in skip:  # decoded all the same: dedup must see it
             skipped += 1
             continue
-        jpeg, view = _encode(frame.image, sampling, teacher_size)
+        jpeg, view = encode_frame(frame.image, sampling, teacher_size)
         item = EncodedFrame(frame.video, frame.frame_index, frame.timestamp_s, chunk.number, jpeg, view)
         t = time.perf_counter()
         if not _put(results, ("frame", worker, item), stop):
@@ -160,7 +161,7 @@ def _serve(tasks, results, stop, sampling: SamplingConfig, teacher_size: int | N
         _put(results, ("started", worker, video.name), stop)
         try:
             if kind == "plan":
-                _put(results, ("planned", worker, video, *_plan(video, sampling)), stop)
+                _put(results, ("planned", worker, video, *plan_video(video, sampling)), stop)
             else:
                 _sample(item, sampling, teacher_size, results, stop, worker)
         except VideoError as exc:
@@ -183,7 +184,8 @@ def _portable(exc: BaseException) -> BaseException:
         return RuntimeError(f"decode worker: {first_line(exc)}")
 
 
-def _plan(video: VideoFile, sampling: SamplingConfig) -> tuple[list[Chunk], float, str | None]:
+def plan_video(video: VideoFile, sampling: SamplingConfig) -> tuple[list[Chunk], float, str | None]:
+    """(the video's chunks of work, its sampled duration in seconds, a note about a damaged container or None)."""
     timeline = read_timeline(video.path)
     note = None
     if sampling.end_s is None and timeline.claimed_frames > 10 and len(timeline) < 0.9 * timeline.claimed_frames:

@@ -49,7 +49,7 @@ from distill.label._ray_stages import (
     sample_rows,
     work_item,
 )
-from distill.label._run import LabelSummary, _run_record
+from distill.label._run import LabelSummary, run_record
 from distill.label._teacher import describe_teacher, teacher_tag
 from distill.video import VideoFile, find_videos
 
@@ -340,7 +340,7 @@ def _finish(summary: RayLabelSummary, writer: LabelSetWriter, resume: Resume, le
     summary.total_frames, summary.unmatched = counts["frames"], counts["unmatched"]
     summary.per_class = dict(counts["per_class"])
     if summary.frames_labelled or "run" not in writer.manifest:  # a no-op rerun keeps the real run's cost
-        record = _run_record(summary) | {"engine": "ray", "teacher_actors": summary.teacher_actors}
+        record = run_record(summary) | {"engine": "ray", "teacher_actors": summary.teacher_actors}
         writer.update(finished=resume.state(), run=record)
     else:
         writer.update(finished=resume.state())

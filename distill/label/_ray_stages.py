@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from distill._decode_workers import _encode, _plan
+from distill._decode_workers import encode_frame
+from distill._decode_workers import plan_video as plan_file
 from distill.config import SamplingConfig, TaskConfig
 from distill.dataset import decode_image
 from distill.decode import Chunk, sample_chunk
@@ -45,7 +46,7 @@ def plan_video(video: VideoFile, sampling: SamplingConfig) -> tuple[str, Any]:
     import av
 
     try:
-        return "planned", _plan(video, sampling)
+        return "planned", plan_file(video, sampling)
     except VideoError as exc:
         return "failed", str(exc).removeprefix(f"{video.path.name}: ")
     except av.FFmpegError as exc:
@@ -125,7 +126,7 @@ def _sample(chunk: Chunk, skip: frozenset[int], sampling: SamplingConfig, teache
         if frame.frame_index in skip:  # decoded all the same: dedup must see it
             skipped += 1
             continue
-        jpeg, view = _encode(frame.image, sampling, teacher_size)
+        jpeg, view = encode_frame(frame.image, sampling, teacher_size)
         where = {"video": chunk.video.name, "chunk": chunk.number, "frame_index": frame.frame_index}
         rows.append({"kind": FRAME, **where, "timestamp_s": frame.timestamp_s, "jpeg": jpeg, "teacher_jpeg": view})
     info = {
@@ -155,10 +156,10 @@ class TeacherStage:
     def __init__(self, cfg: TaskConfig, root: str | None = None) -> None:
         import cv2  # noqa: F401  (imported while the first chunks decode, not on the first batch's clock)
 
-        from distill.label._run import _answer
+        from distill.label._run import answer_batch
         from distill.label._teacher import build_teacher
 
-        self._answer = _answer
+        self._answer = answer_batch
         self.teacher = build_teacher(cfg, root=root)
         self.k = len(cfg.classes)
         self.batch_size = cfg.teacher.batch_size  # lowered after an out-of-memory error

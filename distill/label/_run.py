@@ -90,11 +90,13 @@ class LabelSummary:
         return "decoding is the bottleneck (more --workers, --decode-device cuda, or --keyframes)"
 
 
-def _answer(teacher: Teacher, frames: list[Frame], producer: Producer) -> list[TeacherAnswer | TeacherFailure | None]:
+def answer_batch(
+    teacher: Teacher, frames: list[Frame], producer: Producer
+) -> list[TeacherAnswer | TeacherFailure | None]:
     """Ask the teacher; on running out of memory halve the batch (for this and later batches) and retry."""
     size = producer.batch_size
     if len(frames) > size:  # batched before an out-of-memory error lowered the size
-        return [a for i in range(0, len(frames), size) for a in _answer(teacher, frames[i : i + size], producer)]
+        return [a for i in range(0, len(frames), size) for a in answer_batch(teacher, frames[i : i + size], producer)]
     try:
         answers = list(teacher.label(frames))
     except Exception as exc:
@@ -108,7 +110,7 @@ def _answer(teacher: Teacher, frames: list[Frame], producer: Producer) -> list[T
         producer.batch_size = max(1, min(producer.batch_size, half))
         logger.warning("out of memory at batch size %d; halving to %d and going on", len(frames), half)
         release_gpu_memory()
-        return _answer(teacher, frames[:half], producer) + _answer(teacher, frames[half:], producer)
+        return answer_batch(teacher, frames[:half], producer) + answer_batch(teacher, frames[half:], producer)
     if len(answers) != len(frames):
         raise TeacherError(f"the teacher returned {len(answers)} answers for {len(frames)} frames; fix the backend")
     return answers
@@ -225,7 +227,7 @@ def _finish(summary: LabelSummary, producer: Producer, writer: LabelSetWriter, r
     summary.total_frames, summary.unmatched = counts["frames"], counts["unmatched"]
     summary.per_class = dict(counts["per_class"])
     if summary.frames_labelled or "run" not in writer.manifest:  # a no-op rerun keeps the real run's cost
-        writer.update(finished=resume.state(), run=_run_record(summary))
+        writer.update(finished=resume.state(), run=run_record(summary))
     else:
         writer.update(finished=resume.state())
 
@@ -282,7 +284,7 @@ def _label(
 ) -> float:
     """Ask the teacher about one batch and store the answers; returns the seconds the teacher took."""
     start = time.perf_counter()
-    answers = _answer(teacher, batch.frames, producer) if batch.frames else []
+    answers = answer_batch(teacher, batch.frames, producer) if batch.frames else []
     took = time.perf_counter() - start
     for frame, jpeg, answer in zip(batch.frames, batch.jpegs, answers):
         if answer is None:
@@ -297,7 +299,7 @@ def _label(
     return took
 
 
-def _run_record(summary: LabelSummary) -> dict[str, Any]:
+def run_record(summary: LabelSummary) -> dict[str, Any]:
     """The last run's statistics, kept in the manifest."""
     return {
         "frames_labelled": summary.frames_labelled,

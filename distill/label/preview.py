@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from distill._decode_workers import encode_frame
 from distill.config import SamplingConfig, TaskConfig
 from distill.dataset import LABEL_SCHEMA, decode_image, label_row
 from distill.decode import chunk_near, media_end, read_timeline, sample_chunk
 from distill.errors import TeacherError, VideoError, first_line, is_out_of_memory
 from distill.label._teacher import Teacher, TeacherFailure, build_teacher, teacher_tag
-from distill.video import Frame, VideoFile, encode_jpeg, find_videos, probe, resize_short_side
+from distill.video import Frame, VideoFile, find_videos, probe
 
 PREVIEW_BATCH = 24  # frames per teacher call
 
@@ -105,15 +106,6 @@ def preview_frames(inputs: Sequence[str | os.PathLike[str]], cfg: TaskConfig, n:
     return frames, failed
 
 
-def _teacher_view(image: np.ndarray, stored_jpeg: bytes, size: int | None) -> np.ndarray:
-    """The pixels a labelling run hands the teacher: the stored JPEG, or one shrunk to the teacher's input size."""
-    if size:
-        view = resize_short_side(image, size)
-        if view.shape != decode_image(stored_jpeg).shape:
-            return decode_image(encode_jpeg(view, 95))
-    return decode_image(stored_jpeg)
-
-
 def run_preview(
     inputs: Sequence[str | os.PathLike[str]],
     cfg: TaskConfig,
@@ -136,9 +128,10 @@ def run_preview(
     if teacher is None:
         teacher = build_teacher(cfg, root=annotations_root)
     tag = teacher_tag(teacher.describe())
-    jpegs = [encode_jpeg(resize_short_side(f.image, cfg.sampling.image_size)) for f in frames]
-    asked = [Frame(f.video, f.frame_index, f.timestamp_s, _teacher_view(f.image, jpeg, teacher.input_size))
-             for f, jpeg in zip(frames, jpegs)]  # fmt: skip
+    encoded = [encode_frame(f.image, cfg.sampling, teacher.input_size) for f in frames]  # as a labelling run does
+    jpegs = [stored for stored, _ in encoded]
+    asked = [Frame(f.video, f.frame_index, f.timestamp_s, decode_image(view or stored))
+             for f, (stored, view) in zip(frames, encoded)]  # fmt: skip
     preview = Preview(LABEL_SCHEMA.empty_table(), list(cfg.class_names), teacher.describe(), failures=failed)
     answers: list[Any] = []
     start = time.perf_counter()
