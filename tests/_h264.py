@@ -49,3 +49,17 @@ def make_h264(
     ]
     subprocess.run(command, check=True, capture_output=True, timeout=600)
     return path
+
+
+def mixed_videos(root: Path) -> Path:
+    """Under `root`: two H.264 clips as cameras write them (6 s with a keyframe every 2 s; 4 s at 29.97 fps with
+    one every second), an MPEG-4 one in a subfolder (cam/c.mp4, 5 s), and a corrupt file (corrupt.mp4)."""
+    from conftest import moving_frames
+
+    from distill.video import write_video
+
+    make_h264(root / "a.mp4", 6, gop_s=2.0)
+    make_h264(root / "b.mp4", 4, fps="30000/1001", gop_s=1.0)
+    write_video(root / "cam" / "c.mp4", moving_frames(5.0), 25)
+    (root / "corrupt.mp4").write_bytes((root / "a.mp4").read_bytes()[:3000])
+    return root

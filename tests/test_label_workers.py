@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _h264 import make_h264
+from _h264 import mixed_videos
 from conftest import moving_frames
 from typer.testing import CliRunner
 
@@ -30,12 +30,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> Path:
     """Two H.264 clips, an MPEG-4 one in a subfolder, and a corrupt file among them."""
-    root = tmp_path_factory.mktemp("videos")
-    make_h264(root / "a.mp4", 6, gop_s=2.0)
-    make_h264(root / "b.mp4", 4, fps="30000/1001", gop_s=1.0)
-    write_video(root / "cam" / "c.mp4", moving_frames(5.0), 25)
-    (root / "corrupt.mp4").write_bytes((root / "a.mp4").read_bytes()[:3000])
-    return root
+    return mixed_videos(tmp_path_factory.mktemp("videos"))
 
 
 @pytest.fixture(scope="module")
