@@ -162,7 +162,9 @@ def rank_with_student(
     quality = get_label_quality_scores(local, oof)
     issues = np.zeros(len(rows), bool)
     if len(present) >= 2 and len(rows) >= 2 * len(present):
-        issues[find_label_issues(local, oof, filter_by="prune_by_noise_rate")] = True
+        # n_jobs=1: cleanlab's worker pool forks this process, which may hold threads (torch, Ray, a web server)
+        # whose locks a forked child inherits held; it deadlocked so. The sets reviewed here are small for it.
+        issues[find_label_issues(local, oof, filter_by="prune_by_noise_rate", n_jobs=1)] = True
     best = present[oof.argmax(axis=1)]
     keep = eligible[rows] & (issues | (best != label[rows]) | (quality < 0.5))
     order = np.lexsort((quality, ~issues))  # flagged issues first, then by quality, worst first
