@@ -98,3 +98,20 @@ def _row(video: str, t: int, image: np.ndarray, label: str | None, probs: list[f
         "teacher": "generated",
         "raw": None,
     }
+
+
+def tiny_student_config(classes, **more):
+    """A `TaskConfig` that trains a resnet10t from scratch at 48 px for 2 epochs: a real student in seconds."""
+    from distill.config import load_config
+
+    overrides = {
+        "classes": list(classes),
+        "student.model": "resnet10t",
+        "student.image_size": 48,
+        "student.pretrained": False,
+        "train.epochs": 2,
+        "train.batch_size": 8,
+        "train.lr": 3e-3,
+        "train.mixup": 0,
+    }
+    return load_config(overrides=overrides | more)

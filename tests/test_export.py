@@ -16,11 +16,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from _labelsets import CLASSES, write_label_set
+from _labelsets import CLASSES, tiny_student_config, write_label_set
 from typer.testing import CliRunner
 
 from distill.cli import app
-from distill.config import load_config
 from distill.dataset import read_table
 from distill.errors import DistillError, ExportError
 from distill.export import Student, export_onnx, onnx_export, read_metadata
@@ -43,18 +42,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
 
     root = tmp_path_factory.mktemp("export")
     labels = write_label_set(root / "labels", videos=4, frames_per_class=12, size=(48, 64))
-    cfg = load_config(
-        overrides={
-            "classes": CLASSES,
-            "student.model": "resnet10t",
-            "student.image_size": 48,
-            "student.pretrained": False,
-            "train.epochs": 2,
-            "train.batch_size": 8,
-            "train.lr": 3e-3,
-            "train.mixup": 0,
-        }
-    )
+    cfg = tiny_student_config(CLASSES)
     summary = run_train(labels, root / "run", cfg, accelerator="cpu", num_workers=0)
     export_onnx(summary.checkpoint, root / "run" / "student.onnx")
     test_set = write_label_set(root / "test", videos=2, frames_per_class=12, size=(48, 64), seed=7, prefix="test")

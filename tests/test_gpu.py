@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _labelsets import CLASSES, write_label_set
+from _labelsets import CLASSES, tiny_student_config, write_label_set
 from _tiny_paligemma import tiny_config, tiny_paligemma_dir
 
-from distill.config import load_config
 from distill.errors import is_out_of_memory
 from distill.video import Frame
 
@@ -58,18 +57,7 @@ def gpu_student(tmp_path_factory: pytest.TempPathFactory):
 
     root = tmp_path_factory.mktemp("gpu")
     labels = write_label_set(root / "labels", videos=4, frames_per_class=12, size=(48, 64))
-    cfg = load_config(
-        overrides={
-            "classes": CLASSES,
-            "student.model": "resnet10t",
-            "student.image_size": 48,
-            "student.pretrained": False,
-            "train.epochs": 2,
-            "train.batch_size": 8,
-            "train.lr": 3e-3,
-            "train.mixup": 0,
-        }  # fmt: skip
-    )
+    cfg = tiny_student_config(CLASSES)
     summary = run_train(labels, root / "run", cfg, accelerator="gpu", devices=1, num_workers=0)
     report = export_onnx(summary.checkpoint, root / "run" / "student.onnx")
     return summary, report, labels
