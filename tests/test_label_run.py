@@ -4,6 +4,9 @@ CUDA out-of-memory halving, bounded memory, the CLI summary and its one-line err
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -365,3 +368,21 @@ def test_cli_with_a_tiny_paligemma(tmp_path, tiny_model, mode):
         assert unmatched == 0 and all(r["raw"] == r["label"] for r in rows)
     else:  # a random model's free text matches no class: kept raw, counted, never mapped
         assert unmatched == len(rows) and all(r["raw"] for r in rows)
+
+
+def test_cli_output_is_distills_own(tmp_path, tiny_model):
+    """transformers' loading bar, notices and deprecation warnings stay out of a labelling run's output; --debug
+    lets them through."""
+    write_video(tmp_path / "v" / "a.mp4", moving_frames(2.0), 25)
+    distill = Path(sys.executable).with_name("distill")
+    args = [str(distill), "label", str(tmp_path / "v"), "--classes", "cat,dog,bird"]
+    args += ["--teacher-model", str(tiny_model), "--local-files-only", "--device", "cpu", "--fps", "2"]
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "info"}  # even a user who turned transformers' logging up
+    result = subprocess.run([*args, "--out", str(tmp_path / "l")], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
+    assert result.stdout.startswith("labelled 4 frames"), result.stdout
+    debug = subprocess.run(
+        [str(distill), "--debug", *args[1:], "--out", str(tmp_path / "d")], capture_output=True, text=True, env=env
+    )
+    assert debug.returncode == 0 and "Loading weights" in debug.stderr, debug.stderr

@@ -18,9 +18,12 @@ cached and `local_files_only` is off. It imports torch; the backend is registere
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -140,7 +143,8 @@ class PaliGemmaTeacher:
         if len(images) == 0:
             return []
         inputs = self.model_inputs(list(images))
-        return self._constrained(inputs) if self.mode == "constrained" else self._generate(inputs)
+        with quiet_transformers():
+            return self._constrained(inputs) if self.mode == "constrained" else self._generate(inputs)
 
     # --- constrained --------------------------------------------------------------------------------------
 
@@ -195,8 +199,8 @@ class PaliGemmaTeacher:
             input_ids=tree["ids"].expand(b, n),
             position_ids=tree["positions"].expand(b, n),
             attention_mask=masks if len(masks) > 1 else masks["full_attention"],
-            past_key_values=cache,
             use_cache=True,
+            **{_cache_argument(self.model.model.language_model): cache},
         ).last_hidden_state
         logits = self.model.lm_head(hidden)
         cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
@@ -207,7 +211,7 @@ class PaliGemmaTeacher:
         tree = self._tree
         out = self.model(**inputs, use_cache=True, logits_to_keep=1)  # the one shared prefill
         root = out.logits[:, -1].float().log_softmax(-1)  # (B, V)
-        nodes = self._node_logits(b, out.past_key_values)  # (B, N-1, V)
+        nodes = self._node_logits(b, out.cache if "cache" in out else out.past_key_values)  # (B, N-1, V)
         slot_lp = torch.cat(
             [root.gather(1, tree["slots"][0].expand(b, -1))[:, None], _slot_logprobs(nodes, tree["slots"][1:])], 1
         )
@@ -281,6 +285,34 @@ def _load_error(source: str, exc: Exception, local_only: bool) -> str:
     )
 
 
+def _cache_argument(decoder: Any) -> str:
+    """The decoder's name for the key/value cache: `cache` (transformers >= 5.2x), else `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Keep transformers' loading bars, notices and deprecation warnings out of distill's output, unless distill
+    logs at DEBUG (`--debug`); its errors still show."""
+    if logging.getLogger("distill").isEnabledFor(logging.DEBUG):
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"transformers\.")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _attention(config: Any) -> str:
     """SDPA, except for decoders with attention soft-capping (Gemma 2, i.e. PaliGemma 2), which SDPA cannot do."""
     if getattr(config.get_text_config(), "attn_logit_softcapping", None) is not None:
@@ -309,18 +341,19 @@ def load_paligemma(cfg: TaskConfig) -> PaliGemmaTeacher:
             "by save_pretrained) or a hub id such as google/paligemma2-3b-mix-224"
         )
     opts = {"local_files_only": t.local_files_only, "trust_remote_code": False}
-    try:
-        config = AutoConfig.from_pretrained(source, **opts)
-        if config.model_type != "paligemma":
-            raise TeacherError(
-                f"{t.model} is a {config.model_type!r} model, not PaliGemma; pass a PaliGemma checkpoint"
+    with quiet_transformers():
+        try:
+            config = AutoConfig.from_pretrained(source, **opts)
+            if config.model_type != "paligemma":
+                raise TeacherError(
+                    f"{t.model} is a {config.model_type!r} model, not PaliGemma; pass a PaliGemma checkpoint"
+                )
+            processor = PaliGemmaProcessor.from_pretrained(source, **opts)
+            model = PaliGemmaForConditionalGeneration.from_pretrained(
+                source, config=config, dtype=dtype, attn_implementation=_attention(config), **opts
             )
-        processor = PaliGemmaProcessor.from_pretrained(source, **opts)
-        model = PaliGemmaForConditionalGeneration.from_pretrained(
-            source, config=config, dtype=dtype, attn_implementation=_attention(config), **opts
-        )
-    except (OSError, ValueError) as exc:
-        raise TeacherError(_load_error(t.model, exc, t.local_files_only)) from None
+        except (OSError, ValueError) as exc:
+            raise TeacherError(_load_error(t.model, exc, t.local_files_only)) from None
     model.to(device).eval()
     logger.info("loaded %s on %s (%s)", t.model, device, str(dtype).removeprefix("torch."))
     return PaliGemmaTeacher(model, processor, cfg, device)
