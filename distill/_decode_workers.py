@@ -121,8 +121,8 @@ def encode_frame(image, sampling: SamplingConfig, teacher_size: int | None) -> t
     return encode_jpeg(stored), (None if view.shape == stored.shape else encode_jpeg(view, 95))
 
 
-def _sample(task: tuple, sampling: SamplingConfig, teacher_size: int | None, results, stop, worker: int) -> None:
-    chunk, skip = task
+def _sample(task: tuple, sampling: SamplingConfig, results, stop, worker: int) -> None:
+    chunk, skip, teacher_size = task
     start = time.perf_counter()
     stats = SampleStats()
     busy = 0.0  # time blocked on a full queue is the caller's, not decoding's
@@ -142,7 +142,7 @@ def _sample(task: tuple, sampling: SamplingConfig, teacher_size: int | None, res
     _put(results, ("chunk", worker, done), stop)
 
 
-def _serve(tasks, results, stop, sampling: SamplingConfig, teacher_size: int | None, worker: int) -> None:
+def _serve(tasks, results, stop, sampling: SamplingConfig, worker: int) -> None:
     """A worker's loop: take tasks until None; report a file's failure as one line and go on."""
     import av
 
@@ -163,7 +163,7 @@ def _serve(tasks, results, stop, sampling: SamplingConfig, teacher_size: int | N
             if kind == "plan":
                 _put(results, ("planned", worker, video, *plan_video(video, sampling)), stop)
             else:
-                _sample(item, sampling, teacher_size, results, stop, worker)
+                _sample(item, sampling, results, stop, worker)
         except VideoError as exc:
             _put(results, ("failed", worker, video.name, str(exc).removeprefix(f"{video.path.name}: ")), stop)
         except (OSError, av.FFmpegError) as exc:  # a decoder error on this file: one line, this file only
@@ -193,13 +193,13 @@ def plan_video(video: VideoFile, sampling: SamplingConfig) -> tuple[list[Chunk],
     return plan_chunks(video, sampling, timeline), media_end(timeline, sampling), note
 
 
-def _worker_main(tasks, results, stop, sampling: SamplingConfig, teacher_size: int | None, worker: int) -> None:
+def _worker_main(tasks, results, stop, sampling: SamplingConfig, worker: int) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the caller stops us
     with contextlib.suppress(Exception):  # Linux: die with the calling process, even if it is killed
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
-        _serve(tasks, results, stop, sampling, teacher_size, worker)
+        _serve(tasks, results, stop, sampling, worker)
 
 
 class DecodePool:
@@ -209,12 +209,14 @@ class DecodePool:
         videos: in the order their plans are made (chunks are then handed out in plan order).
         sampling: which frames, and how many workers (`sampling.workers`, None: `default_workers()`).
         teacher_size: the short side the teacher shrinks to (see `EncodedFrame.teacher_jpeg`); None: the
-            stored image is all the teacher sees.
+            stored image is all the teacher sees. It may be set after `start()`, until `events()` begins: the
+            workers only plan until then (so they can start while a teacher loads).
         finished_chunks: video name -> chunk numbers an earlier run finished (not decoded again).
         done_frames: video name -> frame indices already stored (decoded for dedup, not handed over).
 
     Example:
         >>> with DecodePool(videos, SamplingConfig(fps=1)) as pool:  # doctest: +SKIP
+        ...     pool.start()  # optional: spawn the workers and plan the videos now
         ...     for event in pool.events(): ...
     """
 
@@ -237,6 +239,7 @@ class DecodePool:
             self._ctx = mp.get_context("spawn")  # never fork a process that may hold CUDA or torch threads
             self._tasks, self._results, self._stop = self._ctx.Queue(), self._ctx.Queue(_RESULTS), self._ctx.Event()
         self._procs: dict[int, object] = {}
+        self._started = False
         self._current: dict[int, str] = {}  # worker -> the video it is on
         self._next_id = 0
 
@@ -246,8 +249,14 @@ class DecodePool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _start(self) -> None:
-        args = (self._tasks, self._results, self._stop, self.sampling, self.teacher_size)
+    def start(self) -> None:
+        """Start the workers and hand them the videos to plan (`events()` does it if not done yet)."""
+        if self._started:
+            return
+        self._started = True
+        args = (self._tasks, self._results, self._stop, self.sampling)
+        for video in self.videos:
+            self._tasks.put(("plan", video))
         if self.workers == 1:
             thread = threading.Thread(target=_serve, args=(*args, -1), name="distill-decode", daemon=True)
             thread.start()
@@ -267,9 +276,7 @@ class DecodePool:
         """Frames, finished chunks, finished videos and failed videos, as they happen (frames of a chunk come
         before its `ChunkDone`; a failed video is named once and gets no `VideoDone`). Ends early, within
         a fraction of a second, once `stop` is set."""
-        self._start()
-        for video in self.videos:
-            self._tasks.put(("plan", video))
+        self.start()
         state = _Progress(outstanding=len(self.videos))
         while state.outstanding > 0:
             try:
@@ -312,7 +319,8 @@ class DecodePool:
         todo = [c for c in chunks if c.number not in finished]
         done = self.done_frames.get(video.name, set())
         for chunk in todo:
-            self._tasks.put(("chunk", (chunk, frozenset(i for i, _, _ in chunk.frames if i in done))))
+            skip = frozenset(i for i, _, _ in chunk.frames if i in done)
+            self._tasks.put(("chunk", (chunk, skip, self.teacher_size)))
         state.outstanding += len(todo)
         yield from state.planned(video.name, len(todo), duration)
 
@@ -324,7 +332,7 @@ class DecodePool:
             del self._procs[worker]
             name = self._current.pop(worker, None)
             logger.debug("decode worker %d exited with %s", worker, getattr(proc, "exitcode", None))
-            self._spawn((self._tasks, self._results, self._stop, self.sampling, self.teacher_size))
+            self._spawn((self._tasks, self._results, self._stop, self.sampling))
             if name is not None:
                 state.outstanding -= 1
                 yield from state.fail(name, f"the decoder crashed (exit code {proc.exitcode})")

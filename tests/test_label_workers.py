@@ -86,6 +86,19 @@ def test_two_workers_equal_one_with_the_tiny_paligemma(tmp_path, videos, tiny_mo
         np.testing.assert_allclose(one["probs"], two["probs"], atol=1e-5)
 
 
+def test_a_teacher_that_fails_to_load_leaves_no_worker_and_no_label_set(tmp_path, videos) -> None:
+    """The decode workers start while the teacher loads; when loading fails they are stopped with it."""
+    import multiprocessing
+
+    from distill.errors import TeacherError
+
+    flags = {"classes": "cat,dog", "teacher.model": str(tmp_path / "no-model"), "sampling.workers": 2}
+    with pytest.raises(TeacherError, match="does not exist"):
+        run_label([videos], tmp_path / "labels", load_config(overrides=flags))
+    assert multiprocessing.active_children() == []
+    assert not (tmp_path / "labels").exists()
+
+
 def _group_alive(pgid: int) -> list[int]:
     """Processes still in process group `pgid` (zombies excluded)."""
     alive = []

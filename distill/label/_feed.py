@@ -89,7 +89,6 @@ class Producer:
         sampling: SamplingConfig,
         done: frozenset[tuple[str, int]],
         resume: Resume,
-        input_size: int | None,
         batch_size: int,
     ) -> None:
         todo = [v for v in videos if not resume.video_done(v.name)]
@@ -97,9 +96,7 @@ class Producer:
         done_frames: dict[str, set[int]] = {}
         for name, index in done:
             done_frames.setdefault(name, set()).add(index)
-        self.pool = DecodePool(
-            todo, sampling, teacher_size=input_size, finished_chunks=resume.finished_chunks(), done_frames=done_frames
-        )
+        self.pool = DecodePool(todo, sampling, finished_chunks=resume.finished_chunks(), done_frames=done_frames)
         self.todo = todo
         self.batch_size = batch_size  # lowered by the main thread after an out-of-memory error
         self.queue: queue.Queue = queue.Queue(maxsize=2)

@@ -3,11 +3,12 @@
 Decode workers (`distill._decode_workers`: processes, or one thread) decode only the frames sampling keeps and
 hand them over as JPEGs, pre-shrunk to the stored size and to the teacher's `input_size`; a background thread
 (`_feed.Producer`) turns them into batches of `Frame`s on a bounded queue; the teacher runs on the calling
-thread, so the model never waits on video I/O and memory stays bounded. This process alone owns the
-`LabelSetWriter`, which stores rows a shard at a time; a rerun skips finished videos, finished chunks and stored
-frames, so a killed run resumes with nothing lost and nothing doubled. Running out of (GPU) memory halves the
-batch size and goes on. The summary says where the time went: the teacher's busy share of the wall time, and
-the workers' decoding time.
+thread, so the model never waits on video I/O and memory stays bounded. The workers start, and plan the videos,
+while the teacher loads, so frames are waiting once it is ready. This process alone owns the `LabelSetWriter`,
+which stores rows a shard at a time; a rerun skips finished videos, finished chunks and stored frames, so a
+killed run resumes with nothing lost and nothing doubled. Running out of (GPU) memory halves the batch size and
+goes on. The summary says where the time went: the teacher's busy share of the wall time, and the workers'
+decoding time.
 
 This module does not implement teachers (see `_teacher.py`), decode video (see `distill.decode`) or define the
 storage format (see `distill.dataset`).
@@ -168,14 +169,20 @@ def run_label_local(
     if root is None and len(inputs) == 1 and Path(inputs[0]).is_dir():
         root = inputs[0]  # CSV paths given with the folder (absolute or as typed) still match
     check_decode_device(cfg.sampling.decode_device, videos[0].path)
-    writer, teacher = _open(out, cfg, teacher, overwrite, shard_rows, root)
-    resume = Resume(writer.manifest.get("finished"), cfg.sampling, videos)
-    producer = Producer(
-        videos, cfg.sampling, frozenset(writer.done), resume, teacher.input_size, cfg.teacher.batch_size
-    )
+    writer = _resume_or_refuse(out, cfg, teacher, overwrite, shard_rows)
+    resume = Resume(writer.manifest.get("finished") if writer else None, cfg.sampling, videos)
+    done = frozenset(writer.done) if writer else frozenset()
+    producer = Producer(videos, cfg.sampling, done, resume, cfg.teacher.batch_size)
+    producer.pool.start()  # the decode workers start and plan the videos while the teacher loads
+    try:
+        writer, teacher = _open(out, cfg, writer, teacher, overwrite, shard_rows, root)
+        bar_total = _video_seconds(producer.todo)
+    except BaseException:
+        producer.pool.close()
+        raise
+    producer.pool.teacher_size = teacher.input_size
     summary = LabelSummary(out=out, videos_found=len(videos), failures=list(failures), stats=producer.stats)
     summary.workers = producer.pool.workers
-    bar_total = _video_seconds(producer.todo)
     start = time.perf_counter()
     with (
         stop_on_sigterm(),
@@ -195,23 +202,32 @@ def run_label_local(
     return summary
 
 
+def _resume_or_refuse(
+    out: Path, cfg: TaskConfig, teacher: Teacher | None, overwrite: bool, shard_rows: int
+) -> LabelSetWriter | None:
+    """The existing label set to resume (refused at once, before a model loads, if its classes or teacher differ);
+    None for a new one."""
+    if not (out / MANIFEST).exists() or overwrite:
+        return None
+    description = teacher.describe() if teacher is not None else describe_teacher(cfg)
+    opts = {"config": cfg.to_dict(), "shard_rows": shard_rows, "overwrite": overwrite}
+    return LabelSetWriter(out, cfg.class_names, description, **opts)
+
+
 def _open(
     out: Path,
     cfg: TaskConfig,
+    writer: LabelSetWriter | None,
     teacher: Teacher | None,
     overwrite: bool,
     shard_rows: int,
     root: str | os.PathLike[str] | None,
 ) -> tuple[LabelSetWriter, Teacher]:
-    """Open the label set and build the teacher, in the order that fails fastest and leaves no debris."""
-    description = teacher.describe() if teacher is not None else describe_teacher(cfg)
-    opts = {"config": cfg.to_dict(), "shard_rows": shard_rows, "overwrite": overwrite}
-    writer = None
-    if (out / MANIFEST).exists() and not overwrite:  # resume, or refuse at once (before loading a model)
-        writer = LabelSetWriter(out, cfg.class_names, description, **opts)
+    """Build the teacher, then create the label set if it is new: a teacher that fails to load leaves no debris."""
     if teacher is None:
         teacher = build_teacher(cfg, root=root)
-    if writer is None:  # only now: a teacher that fails to load leaves no label set behind
+    if writer is None:
+        opts = {"config": cfg.to_dict(), "shard_rows": shard_rows, "overwrite": overwrite}
         writer = LabelSetWriter(out, cfg.class_names, teacher.describe(), **opts)
     save_config(cfg, out / "config.yaml")
     return writer, teacher
