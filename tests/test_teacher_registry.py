@@ -25,6 +25,7 @@ from distill.label import (
     teacher_backends,
 )
 from distill.label import _teacher as teacher_module
+from distill.label._teacher import teacher_input_size
 from distill.realtime.serve import build_fallback_teacher, teacher_config
 from distill.train.meta import StudentMeta
 from distill.video import Frame
@@ -165,6 +166,38 @@ def test_fallback_paligemma_teacher_asks_what_labelling_asked(tmp_path_factory):
     rng = np.random.default_rng(0)
     answers = teacher.label([Frame("clip.mp4", 0, 0.0, rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))])
     assert answers[0].label in ("red", "green", "blue")  # answers carry the student's class names
+
+
+def test_paligemma_announces_its_input_size_before_loading(tmp_path_factory, tmp_path):
+    """Read from the image processor's configuration: the size the built teacher has; None when unreadable."""
+    from _tiny_paligemma import IMAGE_SIZE, tiny_paligemma_dir
+
+    model = tiny_paligemma_dir(tmp_path_factory.getbasetemp())
+    flags = {"teacher.model": str(model), "teacher.local_files_only": True, "teacher.device": "cpu"}
+    cfg = load_config(overrides={"classes": "cat,dog"} | flags)
+    assert teacher_input_size(cfg) == build_teacher(cfg).input_size == IMAGE_SIZE
+    missing = load_config(overrides={"classes": "cat,dog", "teacher.model": str(tmp_path / "none")})
+    assert teacher_input_size(missing) is None
+    assert teacher_input_size(load_config(overrides={"classes": "cat,dog", "teacher.backend": "annotations"})) is None
+
+
+def test_a_backend_that_announces_a_wrong_input_size_is_one_line_and_leaves_no_worker(monkeypatch, tmp_path):
+    import multiprocessing
+
+    from conftest import moving_frames
+
+    from distill.label import run_label
+    from distill.video import write_video
+
+    write_video(tmp_path / "a.mp4", moving_frames(2.0), 25)
+    monkeypatch.setattr(teacher_module, "_BACKENDS", dict(teacher_module._BACKENDS))
+    register_teacher(
+        "echo", build=lambda cfg, *, root=None: EchoTeacher(cfg, root), describe=lambda cfg: {}, input_size=lambda c: 64
+    )
+    cfg = load_config(overrides={"classes": "a,b", "teacher.backend": "echo", "sampling.workers": 2})
+    with pytest.raises(TeacherError, match="input size is None, not the 64 its backend announced"):
+        run_label([tmp_path / "a.mp4"], tmp_path / "labels", cfg)
+    assert multiprocessing.active_children() == []
 
 
 # --- train: the config's classes must be the label set's ------------------------------------------------------

@@ -338,4 +338,4 @@ def build_openai(cfg: TaskConfig, *, root: Any = None) -> OpenAITeacher:
         raise
 
 
-register_teacher("openai", build=build_openai, describe=describe_openai)
+register_teacher("openai", build=build_openai, describe=describe_openai, input_size=lambda cfg: cfg.teacher.image_size)

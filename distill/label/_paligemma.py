@@ -250,6 +250,23 @@ def _input_side(image_processor: Any) -> int | None:
     return int(max(get("height") or 0, get("width") or 0)) or None
 
 
+def image_processor_side(cfg: TaskConfig) -> int | None:
+    """`PaliGemmaTeacher.input_size` for `cfg.teacher.model`, from its image processor's configuration alone (the
+    weights are not loaded); None if that cannot be read (a missing folder: building the teacher says why)."""
+    from transformers import AutoImageProcessor
+
+    source = os.path.expanduser(cfg.teacher.model)
+    if not Path(source).exists() and _looks_like_path(source):
+        return None
+    try:
+        with quiet_transformers():
+            processor = AutoImageProcessor.from_pretrained(source, local_files_only=cfg.teacher.local_files_only)
+    except Exception:  # any reason: the caller falls back to building the teacher, which reports it properly
+        logger.debug("could not read %s's image processor before loading it", cfg.teacher.model, exc_info=True)
+        return None
+    return _input_side(processor)
+
+
 def _slot_logprobs(logits: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     """(B, M, A) log-softmax values of `logits` (B, M, V) at token ids `slots` (M, A), in float32, chunked."""
     b, m, v = logits.shape

@@ -38,4 +38,12 @@ def build_paligemma(cfg: TaskConfig, *, root: str | Path | None = None) -> Teach
     return load_paligemma(cfg)
 
 
-register_teacher("paligemma", build=build_paligemma, describe=describe_paligemma)
+def paligemma_input_size(cfg: TaskConfig) -> int | None:
+    """The side the model's image processor resizes to, read from its `preprocessor_config.json` (no weights are
+    loaded; nothing is downloaded when `local_files_only`); None when it cannot be read here (building says why)."""
+    from distill.label._paligemma import image_processor_side
+
+    return image_processor_side(cfg)
+
+
+register_teacher("paligemma", build=build_paligemma, describe=describe_paligemma, input_size=paligemma_input_size)

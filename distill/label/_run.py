@@ -37,6 +37,7 @@ from distill.label._teacher import (
     TeacherFailure,
     build_teacher,
     describe_teacher,
+    teacher_input_size,
     teacher_tag,
 )
 from distill.video import Failure, Frame, SampleStats, VideoFile, find_videos, probe
@@ -169,18 +170,7 @@ def run_label_local(
     if root is None and len(inputs) == 1 and Path(inputs[0]).is_dir():
         root = inputs[0]  # CSV paths given with the folder (absolute or as typed) still match
     check_decode_device(cfg.sampling.decode_device, videos[0].path)
-    writer = _resume_or_refuse(out, cfg, teacher, overwrite, shard_rows)
-    resume = Resume(writer.manifest.get("finished") if writer else None, cfg.sampling, videos)
-    done = frozenset(writer.done) if writer else frozenset()
-    producer = Producer(videos, cfg.sampling, done, resume, cfg.teacher.batch_size)
-    producer.pool.start()  # the decode workers start and plan the videos while the teacher loads
-    try:
-        writer, teacher = _open(out, cfg, writer, teacher, overwrite, shard_rows, root)
-        bar_total = _video_seconds(producer.todo)
-    except BaseException:
-        producer.pool.close()
-        raise
-    producer.pool.teacher_size = teacher.input_size
+    writer, teacher, producer, resume, bar_total = _start(out, cfg, videos, teacher, overwrite, shard_rows, root)
     summary = LabelSummary(out=out, videos_found=len(videos), failures=list(failures), stats=producer.stats)
     summary.workers = producer.pool.workers
     start = time.perf_counter()
@@ -189,7 +179,8 @@ def run_label_local(
         writer,
         progress_bar("labelling", total=bar_total, unit="video s", enabled=show_progress) as bar,
     ):
-        producer.thread.start()
+        if producer.thread.ident is None:  # not started early
+            producer.thread.start()
         try:
             _loop(teacher, producer, writer, resume, summary, bar, tag=teacher_tag(teacher.describe()))
         finally:
@@ -200,6 +191,48 @@ def run_label_local(
     if summary.stats.videos == 0 and summary.videos_already_done == 0:
         raise VideoError(f"no video could be sampled from {', '.join(map(str, inputs))}; see the warnings above")
     return summary
+
+
+def _start(
+    out: Path,
+    cfg: TaskConfig,
+    videos: Sequence[VideoFile],
+    teacher: Teacher | None,
+    overwrite: bool,
+    shard_rows: int,
+    root: str | os.PathLike[str] | None,
+) -> tuple[LabelSetWriter, Teacher, Producer, Resume, float | None]:
+    """Open the label set, start decoding and build the teacher; also the media time to label (for the bar).
+
+    The decode workers start and plan the videos while the teacher loads; when the teacher's input size is known
+    beforehand (`teacher_input_size`) they decode too (the bounded queue holds a few batches), so frames are
+    waiting once the teacher is ready. The producer thread is then already running.
+    """
+    writer = _resume_or_refuse(out, cfg, teacher, overwrite, shard_rows)
+    resume = Resume(writer.manifest.get("finished") if writer else None, cfg.sampling, videos)
+    done = frozenset(writer.done) if writer else frozenset()
+    producer = Producer(videos, cfg.sampling, done, resume, cfg.teacher.batch_size)
+    early = teacher.input_size if teacher is not None else teacher_input_size(cfg)
+    producer.pool.teacher_size = early
+    producer.pool.start()
+    if early is not None:
+        producer.thread.start()
+    try:
+        writer, teacher = _open(out, cfg, writer, teacher, overwrite, shard_rows, root)
+        bar_total = _video_seconds(producer.todo)
+        if early is not None and teacher.input_size != early:
+            raise TeacherError(
+                f"the {cfg.teacher.backend} teacher's input size is {teacher.input_size}, not the {early} its "
+                "backend announced; fix the backend's input_size"
+            )
+    except BaseException:
+        producer.stop.set()
+        if producer.thread.is_alive():
+            producer.thread.join(timeout=10)  # it closes the pool on its way out
+        producer.pool.close()
+        raise
+    producer.pool.teacher_size = teacher.input_size
+    return writer, teacher, producer, resume, bar_total
 
 
 def _resume_or_refuse(

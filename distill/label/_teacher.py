@@ -83,18 +83,22 @@ class Teacher(Protocol):
 
 BuildTeacher = Callable[..., Teacher]  # (cfg, *, root=None) -> Teacher
 DescribeTeacher = Callable[["TaskConfig"], dict[str, Any]]
+InputSize = Callable[["TaskConfig"], "int | None"]
 
 
 @dataclass(frozen=True)
 class _Backend:
     build: BuildTeacher
     describe: DescribeTeacher
+    input_size: InputSize | None = None
 
 
 _BACKENDS: dict[str, _Backend] = {}
 
 
-def register_teacher(name: str, *, build: BuildTeacher, describe: DescribeTeacher) -> None:
+def register_teacher(
+    name: str, *, build: BuildTeacher, describe: DescribeTeacher, input_size: InputSize | None = None
+) -> None:
     """Register a teacher backend under `name` (what `teacher.backend` / `--teacher` select).
 
     Args:
@@ -102,8 +106,11 @@ def register_teacher(name: str, *, build: BuildTeacher, describe: DescribeTeache
             may be given under. Heavy libraries are imported inside it, not when its module is imported.
         describe: `describe(cfg) -> dict`, the teacher's description computed from the config alone (no model
             is loaded); equal to what the built teacher's `describe()` returns.
+        input_size: optional `input_size(cfg) -> int | None`: the built teacher's `input_size`, read cheaply from
+            the model's configuration files before the model loads (so frames can be decoded and shrunk for it
+            meanwhile); None where that cannot be known without building. It must never raise.
     """
-    _BACKENDS[name] = _Backend(build, describe)
+    _BACKENDS[name] = _Backend(build, describe, input_size)
 
 
 def teacher_backends() -> tuple[str, ...]:
@@ -173,6 +180,13 @@ def describe_teacher(cfg: TaskConfig) -> dict[str, Any]:
     Two runs whose descriptions differ may not share a label set; `Teacher.describe()` returns the same dict.
     """
     return _backend(cfg).describe(cfg)
+
+
+def teacher_input_size(cfg: TaskConfig) -> int | None:
+    """The `input_size` the teacher the config asks for will have, if its backend can tell before building it
+    (None otherwise: build it and read `teacher.input_size`)."""
+    backend = _backend(cfg)
+    return backend.input_size(cfg) if backend.input_size is not None else None
 
 
 def build_teacher(cfg: TaskConfig, *, root: str | Path | None = None) -> Teacher:
