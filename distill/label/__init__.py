@@ -3,7 +3,8 @@
 - `build_teacher(cfg)` -> a `Teacher` (the backend named by `cfg.teacher.backend`, looked up in a registry):
   `teacher.label(frames) -> [TeacherAnswer(label, probs, raw) | None]`, `teacher.classes`,
   `teacher.input_size`, `teacher.describe()`. `teacher_backends()` lists the registered names;
-  `register_teacher(name, build=..., describe=...)` adds one.
+  `register_teacher(name, build=..., describe=..., input_size=...)` adds one (`input_size`, optional: the built
+  teacher's input size read before it loads, so a labelling run decodes for it meanwhile).
 - `run_label(inputs, out, cfg)`: the resumable, batched labelling run behind `distill label`, on the engine
   `cfg.engine` names (`run_label_local`, or `run_label_ray` on Ray).
 - `run_label_ray(inputs, out, cfg)`: the same run on a Ray cluster (`--engine ray`; needs `distill[ray]`).
