@@ -82,6 +82,9 @@ def _same_label_sets(got: Path, want: Path) -> None:
 
 
 def test_ray_labels_what_the_local_engine_labels_and_names_the_corrupt_file(tmp_path, ray_address, videos, segments):
+    from ray.data._internal.execution.resource_manager import ResourceManager
+
+    interval = getattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", None)  # the run looks more often
     local = run_label([videos], tmp_path / "local", load_config(overrides=_flags(segments)))
     assert [f.name for f in local.failures] == ["corrupt.mp4"] and local.frames_labelled == 12 + 8 + 10
     task = tmp_path / "task.yaml"  # `engine: ray` in the task config picks the engine
@@ -97,6 +100,7 @@ def test_ray_labels_what_the_local_engine_labels_and_names_the_corrupt_file(tmp_
     assert run["engine"] == "ray" and run["frames_labelled"] == 30 and run["videos_failed"][0].startswith("corrupt")
     again = runner.invoke(app, args)  # the same command again: everything is finished
     assert again.exit_code == 0 and "labelled 0 frames" in again.stdout and "3 videos already done" in again.stdout
+    assert getattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", None) == interval  # and puts it back
 
 
 @pytest.fixture(scope="module")

@@ -192,8 +192,9 @@ class _Run:
             store = Store(self.writer, resume, ledger, summary, bar, tag=teacher_tag(description))
             if items:
                 ds = _pipeline(ray, items, cfg, self.root, res, input_size)
-                batches = ds.iter_batches(batch_size=None, batch_format="numpy")
-                store.consume(batches, description.get("backend", "?"), res.teacher_actors)
+                with _prompt_start():
+                    batches = ds.iter_batches(batch_size=None, batch_format="numpy")
+                    store.consume(batches, description.get("backend", "?"), res.teacher_actors)
             store.close()
         summary.seconds = time.perf_counter() - start
 
@@ -230,6 +231,28 @@ def _quiet_ray_data() -> Iterator[None]:
     finally:
         for handler, level in zip(console, levels):
             handler.setLevel(level)
+
+
+@contextlib.contextmanager
+def _prompt_start() -> Iterator[None]:
+    """Ray Data (2.60) looks up how much of the cluster it may use once a second, and its first look finds nothing
+    (its autoscaling coordinator answers only the second), so a pipeline runs one task at a time for its first
+    second. Looking every 0.1 s starts the decode tasks together. The interval is an internal class setting with
+    no public option: it is put back afterwards, and a Ray Data without it is left as it is."""
+    try:
+        from ray.data._internal.execution.resource_manager import ResourceManager
+    except ImportError:
+        yield
+        return
+    interval = getattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", None)
+    if not isinstance(interval, (int, float)):
+        yield
+        return
+    ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = min(interval, 0.1)
+    try:
+        yield
+    finally:
+        ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = interval
 
 
 def _resources(ray: Any, cfg: TaskConfig) -> _Resources:
@@ -273,12 +296,14 @@ def _collect_plans(
     ledger: Ledger,
     summary: RayLabelSummary,
 ) -> list[bytes]:
-    """The plans as they come in -> the work items not yet finished (each with the frames already stored)."""
+    """The plans as they come in -> the work items not yet finished (each with the frames already stored), longest
+    chunks first, then in the order of the videos: the longest are not left to run on their own at the end."""
     finished = resume.finished_chunks()
     stored: dict[str, set[int]] = {}
     for name, index in done:
         stored.setdefault(name, set()).add(index)
-    items: list[bytes] = []
+    order = {video.name: i for i, video in enumerate(plans.values())}
+    items: list[tuple[tuple[float, int, int], bytes]] = []
     pending = dict(plans)
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=min(len(pending), 64), timeout=1.0)
@@ -297,9 +322,11 @@ def _collect_plans(
                 logger.warning("%s", note)
             chunks = [c for c in chunks if c.number not in finished.get(video.name, set())]
             mine = stored.get(video.name, set())
-            items += [work_item(c, frozenset(i for i, _, _ in c.frames if i in mine)) for c in chunks]
+            for c in chunks:
+                key = (c.start_s - c.end_s, order[video.name], c.number)
+                items.append((key, work_item(c, frozenset(i for i, _, _ in c.frames if i in mine))))
             summary.video_s += ledger.plan(video.name, chunks, duration)
-    return items
+    return [item for _, item in sorted(items, key=lambda pair: pair[0])]
 
 
 def _pipeline(ray: Any, items: list[bytes], cfg: TaskConfig, root: str | None, res: _Resources, input_size: int | None):
