@@ -205,9 +205,9 @@ def _session(ray: Any, address: str | None) -> Iterator[str | None]:
     if ray.is_initialized():  # the caller's Ray: use it as it is, and leave it running
         yield None
         return
-    quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
+    debug = logging.getLogger("distill").isEnabledFor(logging.DEBUG)
     try:
-        context = ray.init(address=address, **quiet)
+        context = ray.init(address=address, logging_level=logging.DEBUG if debug else logging.ERROR)
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError: all one line
         where = f"the Ray cluster at {address}" if address else "Ray on this machine"
         fix = "start one with `ray start --head`, or leave out --ray-address" if address else "see `ray start --help`"
@@ -221,13 +221,16 @@ def _session(ray: Any, address: str | None) -> Iterator[str | None]:
 
 @contextlib.contextmanager
 def _quiet_ray_data() -> Iterator[None]:
-    """Ray Data logs every run's plan and progress on the console (its log files keep them); errors still show."""
+    """Ray Data logs every run's plan and progress on the console (its log files keep them), and warns when a
+    stage gets fewer inputs than it may run at once (one video); errors still show."""
     console = [h for h in logging.getLogger("ray.data").handlers if isinstance(h, logging.StreamHandler)]
     levels = [h.level for h in console]
     for handler in console:
         handler.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"ray\.data\.")
+            yield
     finally:
         for handler, level in zip(console, levels):
             handler.setLevel(level)
