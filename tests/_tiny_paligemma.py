@@ -65,7 +65,14 @@ def train_tokenizer():
 
 
 def build_tiny_paligemma(
-    directory: str | Path, seed: int | None = None, init_std: float | None = None, text_model: str = "gemma"
+    directory: str | Path,
+    seed: int | None = None,
+    init_std: float | None = None,
+    text_model: str = "gemma",
+    image_size: int = IMAGE_SIZE,
+    patch_size: int = PATCH_SIZE,
+    width: int = 32,
+    layers: int = 2,
 ) -> Path:
     """Save a tiny random PaliGemma (model + processor) to `directory` and return it.
 
@@ -89,9 +96,9 @@ def build_tiny_paligemma(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer()
-    seq_len = (IMAGE_SIZE // PATCH_SIZE) ** 2
+    seq_len = (image_size // patch_size) ** 2
     image_processor = SiglipImageProcessor(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
     )
     image_processor.image_seq_length = seq_len
     processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
@@ -99,18 +106,18 @@ def build_tiny_paligemma(
     config = PaliGemmaConfig(
         vision_config={
             "model_type": "siglip_vision_model",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
+            "hidden_size": width,
+            "intermediate_size": 2 * width,
+            "num_hidden_layers": layers,
             "num_attention_heads": 2,
-            "image_size": IMAGE_SIZE,
-            "patch_size": PATCH_SIZE,
+            "image_size": image_size,
+            "patch_size": patch_size,
             "vision_use_head": False,
         },
         text_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
+            "hidden_size": width,
+            "intermediate_size": 2 * width,
+            "num_hidden_layers": layers,
             "num_attention_heads": 2,
             "num_key_value_heads": 1,
             "head_dim": 16,
@@ -120,8 +127,8 @@ def build_tiny_paligemma(
         | _GEMMA2[text_model],
         image_token_index=processor.image_token_id,
         vocab_size=vocab,
-        projection_dim=32,
-        hidden_size=32,
+        projection_dim=width,
+        hidden_size=width,
     )
     config.text_config.initializer_range = init_std
     config.initializer_range = init_std
