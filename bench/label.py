@@ -25,7 +25,7 @@ sampling now decodes those keyframes only, the very frames --keyframes decodes);
 of the wall time on the rows where decoding outpaces it; the Ray engine >= 0.8x the local engine's video seconds
 per second (its overhead). Prints a table, writes bench/results/label.json.
 
-    python bench/label.py [--seconds 30] [--workers N] [--repeats 2] [--decode-device cuda]
+    python bench/label.py [--seconds 30] [--workers N] [--repeats 2] [--decode-device cuda] [--only annotations]
 """
 
 from __future__ import annotations
@@ -192,6 +192,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="N (default: every core)")
     parser.add_argument("--repeats", type=int, default=2, help="best of this many runs of each row")
     parser.add_argument("--decode-device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--only", default="", help="run only the rows whose name holds one of these (comma-separated)")
     parser.add_argument("--clips", type=Path, default=Path(tempfile.gettempdir()) / "distill-bench-label")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "label.json")
     args = parser.parse_args()
@@ -246,6 +247,8 @@ def main() -> None:
             rows = dict([*items[:at], (RAY_ROW.format(n=n), ray_row), *items[at:]])
         else:
             print("skipped the Ray row: Ray is not installed (pip install 'distill[ray]')")
+        if args.only:
+            rows = {k: v for k, v in rows.items() if any(part in k for part in args.only.split(","))}
         results: dict[str, dict] = {}
         for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits every row alike
             for name, (seconds, fn) in rows.items():
