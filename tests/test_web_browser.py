@@ -92,10 +92,10 @@ def test_page_follows_the_label_and_sigint_stops_everything(tmp_path: Path, brow
         wait = WebDriverWait(browser, 30, poll_frequency=0.1)
         for what, condition in [
             ("red shown", lambda d: "red" in labels_seen(d)),
+            ("a live picture", lambda d: d.execute_script(image_width) > 0),  # while the clip still plays
             ("then blue", lambda d: labels_seen(d)[-1:] == ["blue"]),  # the label shown changed to the next class
             ("both in the timeline", lambda d: {"red", "blue"} <= set(d.execute_script(segments))),
             ("blue plainly visible", lambda d: d.execute_script(blue_width) >= 30),
-            ("a live picture", lambda d: d.execute_script(image_width) > 0),
         ]:
             try:
                 wait.until(condition)
