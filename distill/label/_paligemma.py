@@ -103,6 +103,7 @@ class PaliGemmaTeacher:
         self.classes: tuple[str, ...] = cfg.class_names
         self.texts = [c.text for c in cfg.classes]
         self.mode = cfg.teacher.mode
+        self._cache_arg = _cache_argument(model.model.language_model)  # what the decoder calls its cache
         self.max_new_tokens = cfg.teacher.max_new_tokens
         self.prompt = build_prompt(cfg)
         self._description = describe_teacher(cfg)
@@ -200,7 +201,7 @@ class PaliGemmaTeacher:
             position_ids=tree["positions"].expand(b, n),
             attention_mask=masks if len(masks) > 1 else masks["full_attention"],
             use_cache=True,
-            **{_cache_argument(self.model.model.language_model): cache},
+            **{self._cache_arg: cache},
         ).last_hidden_state
         logits = self.model.lm_head(hidden)
         cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)

@@ -179,8 +179,6 @@ def run_label_local(
         writer,
         progress_bar("labelling", total=bar_total, unit="video s", enabled=show_progress) as bar,
     ):
-        if producer.thread.ident is None:  # not started early
-            producer.thread.start()
         try:
             _loop(teacher, producer, writer, resume, summary, bar, tag=teacher_tag(teacher.describe()))
         finally:
@@ -206,7 +204,7 @@ def _start(
 
     The decode workers start and plan the videos while the teacher loads; when the teacher's input size is known
     beforehand (`teacher_input_size`) they decode too (the bounded queue holds a few batches), so frames are
-    waiting once the teacher is ready. The producer thread is then already running.
+    waiting once the teacher is ready. The producer thread is running when this returns.
     """
     writer = _resume_or_refuse(out, cfg, teacher, overwrite, shard_rows)
     resume = Resume(writer.manifest.get("finished") if writer else None, cfg.sampling, videos)
@@ -231,7 +229,9 @@ def _start(
             producer.thread.join(timeout=10)  # it closes the pool on its way out
         producer.pool.close()
         raise
-    producer.pool.teacher_size = teacher.input_size
+    if early is None:
+        producer.pool.teacher_size = teacher.input_size
+        producer.thread.start()
     return writer, teacher, producer, resume, bar_total
 
 
@@ -243,8 +243,15 @@ def _resume_or_refuse(
     if not (out / MANIFEST).exists() or overwrite:
         return None
     description = teacher.describe() if teacher is not None else describe_teacher(cfg)
-    opts = {"config": cfg.to_dict(), "shard_rows": shard_rows, "overwrite": overwrite}
-    return LabelSetWriter(out, cfg.class_names, description, **opts)
+    return _writer(out, cfg, description, overwrite, shard_rows)
+
+
+def _writer(
+    out: Path, cfg: TaskConfig, description: dict[str, Any], overwrite: bool, shard_rows: int
+) -> LabelSetWriter:
+    return LabelSetWriter(
+        out, cfg.class_names, description, config=cfg.to_dict(), shard_rows=shard_rows, overwrite=overwrite
+    )
 
 
 def _open(
@@ -260,8 +267,7 @@ def _open(
     if teacher is None:
         teacher = build_teacher(cfg, root=root)
     if writer is None:
-        opts = {"config": cfg.to_dict(), "shard_rows": shard_rows, "overwrite": overwrite}
-        writer = LabelSetWriter(out, cfg.class_names, teacher.describe(), **opts)
+        writer = _writer(out, cfg, teacher.describe(), overwrite, shard_rows)
     save_config(cfg, out / "config.yaml")
     return writer, teacher
 
