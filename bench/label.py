@@ -16,8 +16,8 @@ encoded with imageio-ffmpeg's libx264 at camera-like bitrates), all figures in v
 - `distill label --fps 1 --engine ray` with the annotations teacher: N decode tasks and one teacher actor, as
   many processes as the local engine's row, run right after it, on Ray started on this machine at the first Ray
   row and kept running (a cluster `ray start` started: its start, and a first short run that creates Ray Data's
-  per-cluster actors, are not timed, like loading a model; no dashboard; skipped when Ray is not installed:
-  `pip install 'distill[ray]'`)
+  per-cluster actors and Ray's worker processes, are not timed, like loading a model; no dashboard; skipped
+  when Ray is not installed: `pip install 'distill[ray]'`)
 
 Goals: exact --fps 1 with N workers >= 0.85 x the ceiling; --fps 0.2 >= 3x today's; --keyframes >= 10x exact
 --fps 1 (also printed against today's --fps 1: on clips whose keyframes fall on the 1 s sample times, exact
@@ -148,8 +148,10 @@ def label_ray(paths: list[Path], out: Path, teacher: dict, workers: int, **sampl
     if not ray.is_initialized():
         ray.init(num_cpus=workers + 1, include_dashboard=False, logging_level="WARNING")
         atexit.register(ray.shutdown)
-        # a first run creates Ray Data's per-cluster actors: once per cluster, like starting it, so not timed
-        run_label_ray(paths[:1], out, load_config(overrides=flags | {"sampling.end_s": 2.0}), overwrite=True)
+        # a first short run over every clip creates Ray Data's per-cluster actors and as many worker processes as
+        # the timed runs use (Ray starts them on demand, ~1 s each here): once per cluster, like starting it, so not
+        # timed; warmed on one clip only, the first timed runs waited for a worker and were 20% slower
+        run_label_ray(paths, out, load_config(overrides=flags | {"sampling.end_s": 2.0}), overwrite=True)
     start = time.perf_counter()
     summary = run_label_ray(paths, out, load_config(overrides=flags), overwrite=True)
     wall = time.perf_counter() - start

@@ -52,6 +52,7 @@ class Timeline:
         keyframe: (N,) bool, True where the frame can be decoded without earlier ones.
         fps: the stream's frame rate as FFmpeg guesses it (what OpenCV reports), for the half-frame tolerance.
         claimed_frames: the frame count the container's header claims (0 when it says nothing).
+        pixels: width x height of the coded pictures (0 when the header does not say).
     """
 
     pts: np.ndarray = field(repr=False)
@@ -60,6 +61,7 @@ class Timeline:
     start_pts: int
     fps: float
     claimed_frames: int = 0
+    pixels: int = 0
 
     def __len__(self) -> int:
         return len(self.pts)
@@ -88,6 +90,9 @@ class Chunk:
         number: the chunk's position in its video (chunk `n` covers `n * chunk_s` up to `(n + 1) * chunk_s`).
         frames: (frame_index, pts, timestamp_s) of every frame sampling wants here, ascending.
         keyframes: pts of the keyframes from the one at or before the first wanted frame to the last wanted one.
+        decode_cost: the least decoding the chunk takes, in megapixels: frames decoded (from the keyframe at or
+            before each wanted frame, or on from the previous wanted one when no keyframe lies between them) times
+            the picture size. Only for ordering work, longest first.
     """
 
     video: VideoFile
@@ -97,6 +102,7 @@ class Chunk:
     frames: tuple[tuple[int, int, float], ...] = field(repr=False)
     keyframes: tuple[int, ...] = field(repr=False)
     time_base: Fraction = Fraction(1, 1)
+    decode_cost: float = 0.0
 
     @property
     def key(self) -> tuple[str, int]:
@@ -180,6 +186,7 @@ def read_timeline(path: str | os.PathLike[str]) -> Timeline:
             start_pts=stream.start_time or 0,
             fps=float(rate) if rate else 0.0,
             claimed_frames=int(stream.frames or 0),
+            pixels=int(stream.codec_context.width or 0) * int(stream.codec_context.height or 0),
         )
     finally:
         container.close()
@@ -247,9 +254,23 @@ def plan_chunks(video: VideoFile, sampling: SamplingConfig, timeline: Timeline |
                 frames=tuple((int(i), int(timeline.pts[i]), float(times[i])) for i in mine),
                 keyframes=tuple(int(timeline.pts[i]) for i in keys),
                 time_base=timeline.time_base,
+                decode_cost=decoded_frames(mine, key_positions) * timeline.pixels / 1e6,
             )
         )
     return chunks
+
+
+def decoded_frames(wanted: np.ndarray, key_positions: np.ndarray) -> int:
+    """The fewest frames decoding `wanted` (ascending frame positions) takes: each one from the last keyframe at or
+    before it, or on from the previous wanted frame when no keyframe lies between the two."""
+    wanted = np.asarray(wanted, np.int64)
+    if not len(wanted):
+        return 0
+    at = np.searchsorted(key_positions, wanted, side="right") - 1
+    keys = np.where(at >= 0, np.asarray(key_positions, np.int64)[np.maximum(at, 0)], 0)
+    previous = np.concatenate([[-1], wanted[:-1]])
+    first = np.where(keys > previous, keys, previous + 1)
+    return int((wanted - first + 1).sum())
 
 
 def chunk_near(video: VideoFile, times_s: Sequence[float], timeline: Timeline | None = None) -> Chunk | None:

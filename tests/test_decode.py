@@ -76,6 +76,21 @@ def test_sparse_sampling_seeks_past_whole_keyframe_intervals(clips) -> None:
     assert dense.frames_read == 150  # every frame wanted: decoded once each, no seek back
 
 
+@pytest.mark.parametrize("clip", ["h264-gop1s", "h264-gop2s-ntsc", "mpeg4"])
+@pytest.mark.parametrize(("fps", "keyframes"), [(1.0, False), (0.2, False), (7.3, False), (1.0, True)])
+def test_a_chunks_decode_cost_is_the_decoding_it_takes(clips, clip: str, fps: float, keyframes: bool) -> None:
+    """The cost the Ray engine orders work by: the frames sampling really decodes, times the picture size."""
+    path = clips[clip]
+    sampling = SamplingConfig(fps=fps, keyframes=keyframes, dedup=False, chunk_s=2.5)
+    timeline = read_timeline(path)
+    height, width = cv2.VideoCapture(str(path)).read()[1].shape[:2]
+    assert timeline.pixels == width * height
+    for chunk in plan_chunks(VideoFile(path, "v.mp4"), sampling, timeline):
+        stats = SampleStats()
+        list(sample_chunk(chunk, sampling, stats))
+        assert chunk.decode_cost == pytest.approx(stats.frames_read * width * height / 1e6)
+
+
 def test_keyframes_mode_keeps_keyframes_at_their_own_times(clips) -> None:
     path = clips["h264-gop2s-ntsc"]
     timeline = read_timeline(path)

@@ -299,8 +299,9 @@ def _collect_plans(
     ledger: Ledger,
     summary: RayLabelSummary,
 ) -> list[bytes]:
-    """The plans as they come in -> the work items not yet finished (each with the frames already stored), longest
-    chunks first, then in the order of the videos: the longest are not left to run on their own at the end."""
+    """The plans as they come in -> the work items not yet finished (each with the frames already stored), the most
+    decoding first (frames to decode x picture size; then the longest, then in the order of the videos): the
+    slowest are not left to run on their own at the end."""
     finished = resume.finished_chunks()
     stored: dict[str, set[int]] = {}
     for name, index in done:
@@ -326,7 +327,7 @@ def _collect_plans(
             chunks = [c for c in chunks if c.number not in finished.get(video.name, set())]
             mine = stored.get(video.name, set())
             for c in chunks:
-                key = (c.start_s - c.end_s, order[video.name], c.number)
+                key = (-c.decode_cost, c.start_s - c.end_s, order[video.name], c.number)
                 items.append((key, work_item(c, frozenset(i for i, _, _ in c.frames if i in mine))))
             summary.video_s += ledger.plan(video.name, chunks, duration)
     return [item for _, item in sorted(items, key=lambda pair: pair[0])]
