@@ -62,6 +62,15 @@ def wait_for_url(proc: subprocess.Popen, deadline_s: float = 60) -> str:
     raise AssertionError("distill serve never printed its web address")
 
 
+# what became of the page's frame requests (HTTP status: count), and the live view's current source
+FRAME_REQUESTS = (
+    "const counts = {}; for (const e of performance.getEntriesByType('resource'))"
+    "  if (e.name.includes('/stream/')) counts[e.responseStatus] = (counts[e.responseStatus] ?? 0) + 1;"
+    "const img = document.querySelector('#src-0 img');"
+    "return JSON.stringify({counts, src: img?.src, complete: img?.complete})"
+)
+
+
 def labels_seen(driver) -> list[str]:
     return driver.execute_script("return window.__seen")
 
@@ -85,14 +94,18 @@ def test_page_follows_the_label_and_sigint_stops_everything(tmp_path: Path, brow
             "const record = () => { const t = document.querySelector('#src-0 .label')?.textContent;"
             "  if (t && window.__seen.at(-1) !== t) window.__seen.push(t); };"
             "setInterval(record, 20);"
+            "performance.setResourceTimingBufferSize(100000);"  # keep every frame request for FRAME_REQUESTS
+            "window.__picture = 0;"  # the widest frame the live view has shown, looked at as often as the labels
+            "const look = () => { const w = document.querySelector('#src-0 img')?.naturalWidth ?? 0;"
+            "  window.__picture = Math.max(window.__picture, w); };"
+            "setInterval(look, 20);"
         )
         segments = "return [...document.querySelectorAll('#src-0 .timeline .seg')].map(e => e.dataset.label)"
         blue_width = "return document.querySelector('#src-0 .timeline .seg[data-label=blue]')?.offsetWidth ?? 0"
-        image_width = "return document.querySelector('#src-0 img').naturalWidth"
         wait = WebDriverWait(browser, 30, poll_frequency=0.1)
         for what, condition in [
             ("red shown", lambda d: "red" in labels_seen(d)),
-            ("a live picture", lambda d: d.execute_script(image_width) > 0),  # while the clip still plays
+            ("a live picture", lambda d: d.execute_script("return window.__picture") > 0),
             ("then blue", lambda d: labels_seen(d)[-1:] == ["blue"]),  # the label shown changed to the next class
             ("both in the timeline", lambda d: {"red", "blue"} <= set(d.execute_script(segments))),
             ("blue plainly visible", lambda d: d.execute_script(blue_width) >= 30),
@@ -102,7 +115,8 @@ def test_page_follows_the_label_and_sigint_stops_everything(tmp_path: Path, brow
             except TimeoutException:
                 status = browser.find_element("id", "status").text
                 raise AssertionError(
-                    f"page never showed {what}: labels {labels_seen(browser)}, status {status!r}"
+                    f"page never showed {what}: labels {labels_seen(browser)}, status {status!r}, "
+                    f"frame requests {browser.execute_script(FRAME_REQUESTS)}"
                 ) from None
         assert browser.execute_script("return document.querySelector('#src-0 .by').textContent") == "student"
         shot = tmp_path / "serve-page.png"
