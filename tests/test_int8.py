@@ -142,8 +142,13 @@ def test_search_keeps_the_sensitive_nodes_float_and_names_them(trained: dict[str
     assert set(float_nodes) <= set(nodes)
     (pool,) = [n for n in graph.node if n.op_type in ("ReduceMean", "GlobalAveragePool")]
     made_by = {out: n for n in graph.node for out in n.output}
-    relu = made_by[pool.input[0]]
-    outlier = made_by[relu.input[0]]  # the last residual sum, where channel 0 is 1000x the others
+
+    def producer(tensor: str) -> onnx.NodeProto:  # the node that computes `tensor`, looking through QDQ pairs
+        node = made_by[tensor]
+        return producer(node.input[0]) if node.op_type in ("QuantizeLinear", "DequantizeLinear") else node
+
+    relu = producer(pool.input[0])
+    outlier = producer(relu.input[0])  # the last residual sum, where channel 0 is 1000x the others
     assert outlier.op_type == "Add" and outlier.name in float_nodes
     quantized = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
     assert outlier.output[0] not in quantized  # no QDQ pair left on the outlier tensor
